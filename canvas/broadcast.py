@@ -1,0 +1,117 @@
+"""Hands committed changes to the channel layer; owns group names and layer messages.
+
+Services call `publish_on_commit` inside their transaction. Inside a server
+process the changes go to an outbox that one task drains every few milliseconds
+with a single `group_send` per canvas to the canvas's group, whose members are
+the per-process hubs (canvas/hub.py), not individual sockets. Outside a server
+(management commands) the send happens at once.
+"""
+
+import asyncio
+import logging
+import threading
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from .protocol import Update
+
+log = logging.getLogger("canvas.broadcast")
+
+PUBLISH_TICK = 0.02
+MSG_PIXELS = "pixels.batch"
+MSG_CANVAS = "canvas.changed"
+
+
+def group_name(canvas_id: int) -> str:
+    return f"canvas.{canvas_id}"
+
+
+class _Outbox:
+    """Changes committed in this process, waiting for the next publish tick."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: dict[int, list[Update]] = {}
+        self.task: asyncio.Task | None = None
+        self.lock = threading.Lock()
+
+    def add(self, canvas_id: int, updates: list[Update]) -> None:
+        self.pending.setdefault(canvas_id, []).extend(updates)
+
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return None
+        return loop
+
+
+_outbox = _Outbox()
+layer_errors = 0  # read by the metrics endpoint
+
+
+def publish_on_commit(*, canvas_id: int, updates: list[Update]) -> None:
+    transaction.on_commit(lambda: publish(canvas_id=canvas_id, updates=updates))
+
+
+def publish(*, canvas_id: int, updates: list[Update]) -> None:
+    """Send committed changes to every process's hub; safe from any thread."""
+    loop = _outbox.running_loop()
+    if loop is not None:
+        loop.call_soon_threadsafe(_outbox.add, canvas_id, list(updates))
+        return
+    try:
+        async_to_sync(_send)(canvas_id, {"type": MSG_PIXELS, "updates": updates})
+    except Exception:  # the hubs refill from the database; the change is saved
+        log.exception("publish failed for canvas %s", canvas_id)
+
+
+def canvas_changed(*, canvas_id: int) -> None:
+    """Tell every process a canvas's settings changed (cooldown, open, size)."""
+    transaction.on_commit(lambda: _send_now_or_later(canvas_id, {"type": MSG_CANVAS}))
+
+
+def _send_now_or_later(canvas_id: int, message: dict) -> None:
+    loop = _outbox.running_loop()
+    try:
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(_send(canvas_id, message), loop)
+        else:
+            async_to_sync(_send)(canvas_id, message)
+    except Exception:
+        log.exception("canvas change notice failed for canvas %s", canvas_id)
+
+
+async def _send(canvas_id: int, message: dict) -> None:
+    global layer_errors
+    try:
+        await get_channel_layer().group_send(group_name(canvas_id), message)
+    except Exception:
+        layer_errors += 1
+        raise
+
+
+def outbox_start() -> None:
+    """Start draining the outbox on the running loop (once per loop)."""
+    loop = asyncio.get_running_loop()
+    if _outbox.loop is loop and _outbox.task and not _outbox.task.done():
+        return
+    _outbox.loop = loop
+    _outbox.pending = {}
+    _outbox.task = loop.create_task(_drain_forever())
+
+
+async def _drain_forever() -> None:
+    while True:
+        await asyncio.sleep(PUBLISH_TICK)
+        if not _outbox.pending:
+            continue
+        batches, _outbox.pending = _outbox.pending, {}
+        for canvas_id, updates in batches.items():
+            try:
+                await _send(canvas_id, {"type": MSG_PIXELS, "updates": updates})
+            except Exception:
+                log.warning(
+                    "group_send failed for canvas %s; hubs will refill", canvas_id
+                )

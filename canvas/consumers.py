@@ -1,0 +1,156 @@
+"""The WebSocket endpoint: parse, call a service, reply. No ORM here."""
+
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from . import exceptions as exc
+from . import protocol, selectors, services
+from .hub import SERVER_ID, registry
+
+log = logging.getLogger("canvas.consumer")
+
+
+class CanvasConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.player_id: int | None = None
+        self.player_name: str | None = None
+        self.hub = None
+        self.ready = False
+        self.backlog: list[str] = []
+        try:
+            identity = await database_sync_to_async(_identify)(self.scope)
+        except exc.CanvasNotFound:
+            await self.close(code=4004)
+            return
+        except DatabaseError:
+            log.warning("database unavailable during connect")
+            await self.close(code=1011)
+            return
+        self.canvas, self.player_id, self.player_name, remaining = identity
+        await self.accept()
+        await database_sync_to_async(services.connection_open)(
+            channel_name=self.channel_name,
+            canvas_id=self.canvas.pk,
+            player_id=self.player_id,
+            server=SERVER_ID,
+            ip=_client_ip(self.scope),
+        )
+        self.hub = await registry.hub(self.canvas.pk)
+        seq = self.hub.join(self)
+        await self.send(
+            text_data=protocol.hello_frame(
+                seq=seq,
+                cooldown_seconds=self.canvas.cooldown_seconds,
+                cooldown_remaining=remaining,
+                can_place=self.player_id is not None,
+                user=self.player_name,
+            )
+        )
+        self.ready = True
+        for frame in self.backlog:
+            await self.send(text_data=frame)
+        self.backlog = []
+
+    async def disconnect(self, code: int) -> None:
+        if self.hub is not None:
+            self.hub.leave(self)
+            await database_sync_to_async(services.connection_close)(
+                channel_name=self.channel_name
+            )
+
+    async def deliver(self, frame: str) -> None:
+        """A broadcast frame from the hub; held back until `hello` has gone out."""
+        if self.ready:
+            await self.send(text_data=frame)
+        else:
+            self.backlog.append(frame)
+
+    async def canvas_updated(self) -> None:
+        self.canvas = await database_sync_to_async(selectors.canvas_get)(
+            slug=self.canvas.slug
+        )
+        await self.deliver(
+            protocol.canvas_frame(
+                cooldown_seconds=self.canvas.cooldown_seconds, open_=self.canvas.is_open
+            )
+        )
+
+    async def receive(self, text_data: str | None = None, bytes_data=None) -> None:
+        if text_data is None:
+            if bytes_data is not None and len(bytes_data) > protocol.MAX_FRAME_BYTES:
+                await self.close(code=protocol.CLOSE_TOO_LARGE)
+                return
+            await self.reject("bad_request", exc.MSG_BINARY)
+            return
+        if len(text_data.encode("utf-8", "surrogatepass")) > protocol.MAX_FRAME_BYTES:
+            await self.close(code=protocol.CLOSE_TOO_LARGE)
+            return
+        try:
+            request = protocol.parse_client_message(text_data)
+        except protocol.ProtocolError as error:
+            await self.reject("bad_request", str(error))
+            return
+        await self.place(request)
+
+    async def place(self, request: protocol.PlaceRequest) -> None:
+        if self.player_id is None:
+            message = exc.MSG_LOGIN_REQUIRED
+            if "session" not in self.scope or not self.scope["session"].session_key:
+                message = (
+                    exc.MSG_NO_SESSION if not settings.PLACE_REQUIRE_LOGIN else message
+                )
+            await self.reject("login_required", message)
+            return
+        try:
+            result = await database_sync_to_async(services.placement_create)(
+                canvas_id=self.canvas.pk,
+                player_id=self.player_id,
+                x=request.x,
+                y=request.y,
+                color=request.color,
+            )
+        except exc.PlaceError as error:
+            await self.reject(error.code, error.message, error.retry_after)
+            return
+        except DatabaseError:
+            log.warning("placement failed: database unavailable", exc_info=True)
+            await self.reject("unavailable", exc.MSG_UNAVAILABLE)
+            return
+        await self.send(
+            text_data=protocol.accepted_frame(
+                x=request.x,
+                y=request.y,
+                color=request.color,
+                seq=result.seq,
+                cooldown_remaining=result.cooldown_remaining,
+            )
+        )
+
+    async def reject(self, code: str, message: str, retry_after: float | None = None):
+        await self.send(
+            text_data=protocol.rejected_frame(
+                code=code, message=message, retry_after=retry_after
+            )
+        )
+
+
+def _identify(scope: dict):
+    """Canvas, player and cooldown for a new socket (runs in a worker thread)."""
+    canvas = selectors.canvas_get(slug=scope["url_route"]["kwargs"]["slug"])
+    session = scope.get("session")
+    player = services.player_identify(
+        user=scope.get("user"),
+        session_key=session.session_key if session is not None else None,
+    )
+    player_id = player.pk if player else None
+    remaining = selectors.cooldown_remaining(canvas=canvas, player_id=player_id)
+    return canvas, player_id, (player.name if player else None), remaining
+
+
+def _client_ip(scope: dict) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None

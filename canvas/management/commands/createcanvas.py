@@ -1,0 +1,43 @@
+"""manage.py createcanvas SLUG [--width W] [--height H] [--cooldown S] [--title T]"""
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.core.validators import validate_slug
+
+from canvas import services
+
+
+class Command(BaseCommand):
+    help = "Create a canvas, or update these fields of an existing one."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("slug")
+        parser.add_argument("--width", type=int)
+        parser.add_argument("--height", type=int)
+        parser.add_argument("--cooldown", type=int, help="seconds between placements")
+        parser.add_argument("--title")
+
+    def handle(
+        self, *args, slug: str, width, height, cooldown, title, **options
+    ) -> None:
+        try:
+            validate_slug(slug)
+        except ValidationError:
+            raise CommandError(
+                f"invalid slug {slug!r}: use letters, digits, - and _"
+            ) from None
+        try:
+            canvas, created = services.canvas_create_or_update(
+                slug=slug,
+                width=width,
+                height=height,
+                cooldown_seconds=cooldown,
+                title=title,
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+        verb = "created" if created else "updated"
+        self.stdout.write(
+            f"{verb} canvas {canvas.slug}: {canvas.width}x{canvas.height}, "
+            f"cooldown {canvas.cooldown_seconds} s"
+        )

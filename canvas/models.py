@@ -1,0 +1,178 @@
+"""Canvases, their boards, the history of every change, players and live sockets."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+# The r/place 2017 palette, in its original order.
+PALETTE_2017 = [
+    "#ffffff",
+    "#e4e4e4",
+    "#888888",
+    "#222222",
+    "#ffa7d1",
+    "#e50000",
+    "#e59500",
+    "#a06a42",
+    "#e5d900",
+    "#94e044",
+    "#02be01",
+    "#00d3dd",
+    "#0083c7",
+    "#0000ea",
+    "#cf6ee4",
+    "#820080",
+]
+PALETTE_2017_NAMES = [
+    "white",
+    "light grey",
+    "grey",
+    "black",
+    "pink",
+    "red",
+    "orange",
+    "brown",
+    "yellow",
+    "light green",
+    "green",
+    "cyan",
+    "blue",
+    "dark blue",
+    "magenta",
+    "purple",
+]
+# The board is stored in square chunks so one placement rewrites a few KB, not
+# the whole board, and a snapshot reads a few hundred rows, not a million.
+CHUNK_SIZE = 64
+
+
+class Canvas(models.Model):
+    slug = models.SlugField(unique=True)
+    title = models.CharField(max_length=200, blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    palette = models.JSONField(default=list)
+    cooldown_seconds = models.PositiveIntegerField(default=300)
+    is_open = models.BooleanField(default=True)
+    # Seq of the newest change; every change takes the next one, in its transaction.
+    seq = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "canvases"
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def chunks_x(self) -> int:
+        return -(-self.width // CHUNK_SIZE)
+
+    @property
+    def chunks_y(self) -> int:
+        return -(-self.height // CHUNK_SIZE)
+
+
+class Chunk(models.Model):
+    """A CHUNK_SIZE square of the board; one byte per pixel, a palette index."""
+
+    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE, related_name="chunks")
+    cx = models.PositiveIntegerField()
+    cy = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["canvas", "cx", "cy"], name="chunk_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.canvas_id}:{self.cx},{self.cy}"
+
+
+class Player(models.Model):
+    """Who places: a Django user, or an anonymous session when that is allowed."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="player",
+    )
+    session_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    name = models.CharField(max_length=150, db_index=True)
+    banned_until = models.DateTimeField(null=True, blank=True)
+    ban_reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_banned(self, now=None) -> bool:
+        return self.banned_until is not None and self.banned_until > (
+            now or timezone.now()
+        )
+
+
+class Cooldown(models.Model):
+    """When a player may next place on a canvas; updated conditionally, atomically."""
+
+    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE)
+    player = models.ForeignKey(Player, on_delete=models.CASCADE)
+    next_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["canvas", "player"], name="cooldown_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.player_id} on {self.canvas_id} until {self.next_at}"
+
+
+class Placement(models.Model):
+    """One change of one pixel, with its seq: a player's placement or moderation."""
+
+    KIND_PLACE = "place"
+    KIND_MODERATION = "moderation"
+    KIND_CHOICES = [(KIND_PLACE, "placement"), (KIND_MODERATION, "moderation")]
+
+    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE)
+    seq = models.BigIntegerField()
+    x = models.PositiveIntegerField()
+    y = models.PositiveIntegerField()
+    color = models.PositiveSmallIntegerField()
+    previous_color = models.PositiveSmallIntegerField()
+    player = models.ForeignKey(Player, null=True, blank=True, on_delete=models.SET_NULL)
+    placed_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=12, choices=KIND_CHOICES, default=KIND_PLACE)
+    rolled_back = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["canvas", "seq"], name="placement_seq")
+        ]
+        indexes = [
+            models.Index(fields=["canvas", "x", "y", "seq"], name="placement_pixel"),
+            models.Index(fields=["player", "placed_at"], name="placement_player"),
+            models.Index(fields=["canvas", "placed_at"], name="placement_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} ({self.x},{self.y})={self.color}"
+
+
+class Connection(models.Model):
+    """One open WebSocket; removed on disconnect or when its process dies."""
+
+    channel_name = models.CharField(max_length=200, unique=True)
+    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE)
+    player = models.ForeignKey(Player, null=True, blank=True, on_delete=models.SET_NULL)
+    server = models.CharField(max_length=200, db_index=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    connected_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return self.channel_name

@@ -1,0 +1,127 @@
+"""The wire format: parsing client frames and building every server frame.
+
+Nothing else in the project builds or parses WebSocket JSON; docs/protocol.md
+describes the same shapes for people.
+"""
+
+import json
+from dataclasses import dataclass
+
+from . import exceptions as exc
+
+MAX_FRAME_BYTES = 16 * 1024
+CLOSE_TOO_LARGE = 4009
+CLOSE_TOO_FAST = 4008
+Update = tuple[int, int, int, int]  # (seq, x, y, color)
+
+
+@dataclass(frozen=True)
+class PlaceRequest:
+    x: int
+    y: int
+    color: int
+
+
+class ProtocolError(Exception):
+    """A client frame that does not follow the protocol (`bad_request`)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ProtocolError(exc.MSG_DUPLICATE_KEY.format(key=key))
+        seen[key] = value
+    return seen
+
+
+def _int_field(message: dict, field: str) -> int:
+    value = message.get(field)
+    # bool is a subclass of int in Python, but `true` is not a coordinate.
+    if type(value) is not int:
+        raise ProtocolError(exc.MSG_BAD_FIELD.format(field=field))
+    return value
+
+
+def parse_client_message(text: str) -> PlaceRequest:
+    """Parse one text frame from a client; raise ProtocolError if malformed."""
+    try:
+        message = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        raise ProtocolError(exc.MSG_BAD_JSON) from None
+    if not isinstance(message, dict):
+        raise ProtocolError(exc.MSG_BAD_JSON)
+    if message.get("type") != "place":
+        raise ProtocolError(exc.MSG_UNKNOWN_TYPE)
+    return PlaceRequest(
+        x=_int_field(message, "x"),
+        y=_int_field(message, "y"),
+        color=_int_field(message, "color"),
+    )
+
+
+def _dump(frame: dict) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def hello_frame(
+    *,
+    seq: int,
+    cooldown_seconds: int,
+    cooldown_remaining: float,
+    can_place: bool,
+    user: str | None,
+) -> str:
+    return _dump(
+        {
+            "type": "hello",
+            "seq": seq,
+            "cooldown_seconds": cooldown_seconds,
+            "cooldown_remaining": round(cooldown_remaining, 3),
+            "can_place": can_place,
+            "user": user,
+        }
+    )
+
+
+def accepted_frame(
+    *, x: int, y: int, color: int, seq: int, cooldown_remaining: float
+) -> str:
+    return _dump(
+        {
+            "type": "accepted",
+            "x": x,
+            "y": y,
+            "color": color,
+            "seq": seq,
+            "cooldown_remaining": round(cooldown_remaining, 3),
+        }
+    )
+
+
+def rejected_frame(*, code: str, message: str, retry_after: float | None) -> str:
+    if retry_after is not None:
+        retry_after = round(max(retry_after, 0.0), 3)
+    return _dump(
+        {
+            "type": "rejected",
+            "code": code,
+            "message": message,
+            "retry_after": retry_after,
+        }
+    )
+
+
+def pixels_frame(updates: list[Update]) -> str:
+    return _dump({"type": "pixels", "updates": [list(u) for u in updates]})
+
+
+def online_frame(count: int) -> str:
+    return _dump({"type": "online", "count": count})
+
+
+def canvas_frame(*, cooldown_seconds: int, open_: bool) -> str:
+    """Canvas settings changed by a moderator (cooldown, paused)."""
+    return _dump(
+        {"type": "canvas", "cooldown_seconds": cooldown_seconds, "open": open_}
+    )

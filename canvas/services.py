@@ -1,0 +1,281 @@
+"""Writes: canvases, players and placements, each atomic and typed."""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import broadcast
+from . import exceptions as exc
+from .models import (
+    CHUNK_SIZE,
+    PALETTE_2017,
+    Canvas,
+    Chunk,
+    Connection,
+    Cooldown,
+    Placement,
+    Player,
+)
+
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    seq: int
+    cooldown_remaining: float
+
+
+def canvas_create_or_update(
+    *,
+    slug: str,
+    width: int | None = None,
+    height: int | None = None,
+    cooldown_seconds: int | None = None,
+    title: str | None = None,
+) -> tuple[Canvas, bool]:
+    """Create a canvas (white, 2017 palette), or update the given fields of one."""
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and not 1 <= value <= 10000:
+            raise ValueError(f"{name} must be between 1 and 10000")
+    if cooldown_seconds is not None and cooldown_seconds < 0:
+        raise ValueError("cooldown must not be negative")
+    with transaction.atomic():
+        canvas = Canvas.objects.filter(slug=slug).first()
+        if canvas is None:
+            canvas = Canvas.objects.create(
+                slug=slug,
+                title=title if title is not None else slug,
+                width=width or 1000,
+                height=height or 1000,
+                palette=list(PALETTE_2017),
+                cooldown_seconds=300 if cooldown_seconds is None else cooldown_seconds,
+            )
+            _chunks_create(canvas)
+            return canvas, True
+        resized = (width or canvas.width, height or canvas.height) != (
+            canvas.width,
+            canvas.height,
+        )
+        if title is not None:
+            canvas.title = title
+        if cooldown_seconds is not None:
+            canvas.cooldown_seconds = cooldown_seconds
+        if resized:
+            _canvas_resize(canvas, width or canvas.width, height or canvas.height)
+        canvas.save()
+    broadcast.canvas_changed(canvas_id=canvas.pk)
+    return canvas, False
+
+
+def _chunks_create(canvas: Canvas) -> None:
+    blank = bytes(CHUNK_SIZE * CHUNK_SIZE)
+    Chunk.objects.bulk_create(
+        Chunk(canvas=canvas, cx=cx, cy=cy, data=blank)
+        for cy in range(canvas.chunks_y)
+        for cx in range(canvas.chunks_x)
+    )
+
+
+def _canvas_resize(canvas: Canvas, width: int, height: int) -> None:
+    """Keep the pixels that still fit; new area is background (index 0)."""
+    from .selectors import board_assemble
+
+    old = board_assemble(canvas)
+    old_width, old_height = canvas.width, canvas.height
+    canvas.width, canvas.height = width, height
+    Chunk.objects.filter(canvas=canvas).delete()
+    _chunks_create(canvas)
+    keep_w, keep_h = min(width, old_width), min(height, old_height)
+    changes = [
+        (x, y, old[y * old_width + x])
+        for y in range(keep_h)
+        for x in range(keep_w)
+        if old[y * old_width + x]
+    ]
+    chunks_apply(canvas_id=canvas.pk, changes=changes)
+
+
+def chunks_apply(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list[int]:
+    """Write (x, y, color) changes to the board; return each pixel's prior colour.
+
+    Call inside the transaction that also records the changes in history.
+    """
+    keys = {(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes}
+    chunks: dict[tuple[int, int], bytearray] = {}
+    rows = Chunk.objects.filter(canvas_id=canvas_id)
+    if len(keys) == 1:
+        ((cx, cy),) = keys
+        rows = rows.filter(cx=cx, cy=cy)
+    for cx, cy, data in rows.values_list("cx", "cy", "data"):
+        if (cx, cy) in keys:
+            chunks[(cx, cy)] = bytearray(data)
+    previous = []
+    for x, y, color in changes:
+        data = chunks[(x // CHUNK_SIZE, y // CHUNK_SIZE)]
+        offset = (y % CHUNK_SIZE) * CHUNK_SIZE + (x % CHUNK_SIZE)
+        previous.append(data[offset])
+        data[offset] = color
+    for (cx, cy), data in chunks.items():
+        Chunk.objects.filter(canvas_id=canvas_id, cx=cx, cy=cy).update(data=bytes(data))
+    return previous
+
+
+def seqs_allocate(*, canvas_id: int, count: int) -> int:
+    """Reserve `count` consecutive seqs; return the first. Locks the canvas row.
+
+    The lock is held until commit, so changes commit in seq order.
+    """
+    Canvas.objects.filter(pk=canvas_id).update(seq=F("seq") + count)
+    last = Canvas.objects.filter(pk=canvas_id).values_list("seq", flat=True).get()
+    return last - count + 1
+
+
+def anonymous_name(session_key: str) -> str:
+    return "anon-" + hashlib.sha256(session_key.encode()).hexdigest()[:6]
+
+
+def player_for_user(*, user) -> Player:
+    player = Player.objects.filter(user=user).first()
+    if player is None:
+        Player.objects.bulk_create(
+            [Player(user=user, name=user.get_username())], ignore_conflicts=True
+        )
+        player = Player.objects.get(user=user)
+    return player
+
+
+def player_for_session(*, session_key: str) -> Player:
+    player = Player.objects.filter(session_key=session_key).first()
+    if player is None:
+        Player.objects.bulk_create(
+            [Player(session_key=session_key, name=anonymous_name(session_key))],
+            ignore_conflicts=True,
+        )
+        player = Player.objects.get(session_key=session_key)
+    return player
+
+
+def player_identify(*, user, session_key: str | None) -> Player | None:
+    """The player behind a request or socket, or None for a watcher.
+
+    Anonymous sessions count only when anonymous play is on and the session
+    really exists, so a made-up cookie does not mint a fresh player.
+    """
+    if user is not None and user.is_authenticated:
+        return player_for_user(user=user)
+    if settings.PLACE_REQUIRE_LOGIN or not session_key:
+        return None
+    if not SessionStore().exists(session_key):
+        return None
+    return player_for_session(session_key=session_key)
+
+
+def _cooldown_take(*, canvas: Canvas, player_id: int, now: datetime) -> None:
+    """Start the player's cooldown if it has ended; raise PlaceError if not.
+
+    One conditional UPDATE decides, so racing requests (other threads, other
+    processes) cannot both pass: the database serialises writes to the row.
+    """
+    Cooldown.objects.bulk_create(
+        [Cooldown(canvas=canvas, player_id=player_id, next_at=EPOCH)],
+        ignore_conflicts=True,
+    )
+    next_at = now + timedelta(seconds=canvas.cooldown_seconds)
+    taken = Cooldown.objects.filter(
+        canvas=canvas, player_id=player_id, next_at__lte=now
+    ).update(next_at=next_at)
+    if not taken:
+        current = Cooldown.objects.filter(
+            canvas=canvas, player_id=player_id
+        ).values_list("next_at", flat=True)
+        remaining = (current.get() - now).total_seconds()
+        raise exc.PlaceError("cooldown", exc.MSG_COOLDOWN, retry_after=remaining)
+
+
+def placement_validate(
+    *, canvas: Canvas, player: Player | None, x: int, y: int, color: int
+) -> None:
+    """Raise PlaceError for anything that refuses a placement before the cooldown."""
+    if player is None:
+        raise exc.PlaceError("login_required", exc.MSG_LOGIN_REQUIRED)
+    if player.is_banned():
+        raise exc.PlaceError("banned", exc.MSG_BANNED)
+    if not canvas.is_open:
+        raise exc.PlaceError("canvas_closed", exc.MSG_CANVAS_CLOSED)
+    if not (0 <= x < canvas.width and 0 <= y < canvas.height):
+        raise exc.PlaceError("out_of_bounds", exc.MSG_OUT_OF_BOUNDS)
+    if not 0 <= color < len(canvas.palette):
+        raise exc.PlaceError("invalid_color", exc.MSG_INVALID_COLOR)
+
+
+def placement_create(
+    *, canvas_id: int, player_id: int | None, x: int, y: int, color: int
+) -> PlacementResult:
+    """Place one pixel: validate, take the cooldown, write board and history.
+
+    The broadcast is queued for after commit; the caller acknowledges only when
+    this returns, which is after commit.
+    """
+    with transaction.atomic():
+        canvas = Canvas.objects.get(pk=canvas_id)
+        player = Player.objects.filter(pk=player_id).first() if player_id else None
+        placement_validate(canvas=canvas, player=player, x=x, y=y, color=color)
+        now = timezone.now()
+        _cooldown_take(canvas=canvas, player_id=player.pk, now=now)
+        seq = seqs_allocate(canvas_id=canvas_id, count=1)
+        (previous,) = chunks_apply(canvas_id=canvas_id, changes=[(x, y, color)])
+        Placement.objects.create(
+            canvas_id=canvas_id,
+            seq=seq,
+            x=x,
+            y=y,
+            color=color,
+            previous_color=previous,
+            player=player,
+            placed_at=now,
+        )
+        broadcast.publish_on_commit(canvas_id=canvas_id, updates=[(seq, x, y, color)])
+    return PlacementResult(seq=seq, cooldown_remaining=float(canvas.cooldown_seconds))
+
+
+def connection_open(
+    *,
+    channel_name: str,
+    canvas_id: int,
+    player_id: int | None,
+    server: str,
+    ip: str | None,
+) -> None:
+    Connection.objects.create(
+        channel_name=channel_name,
+        canvas_id=canvas_id,
+        player_id=player_id,
+        server=server,
+        ip=ip,
+    )
+
+
+def connection_close(*, channel_name: str) -> None:
+    Connection.objects.filter(channel_name=channel_name).delete()
+
+
+def connections_heartbeat(*, server: str) -> None:
+    """Mark this process's sockets as alive."""
+    Connection.objects.filter(server=server).update(last_seen=timezone.now())
+
+
+def connections_sweep(*, stale_seconds: int, dead_servers: list[str] = ()) -> int:
+    """Delete rows of processes that stopped refreshing them, or are known dead."""
+    cutoff = timezone.now() - timedelta(seconds=stale_seconds)
+    deleted, _ = Connection.objects.filter(last_seen__lt=cutoff).delete()
+    if dead_servers:
+        more, _ = Connection.objects.filter(server__in=list(dead_servers)).delete()
+        deleted += more
+    return deleted

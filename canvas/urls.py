@@ -1,0 +1,21 @@
+"""The player pages and the JSON/binary API."""
+
+from django.urls import path, re_path
+
+from . import views
+
+app_name = "canvas"
+
+urlpatterns = [
+    path("", views.play, {"slug": "main"}, name="home"),
+    path("c/<slug:slug>/", views.play, name="play"),
+    path("api/canvases/<slug:slug>/", views.canvas_meta, name="api-canvas"),
+    path("api/canvases/<slug:slug>/board", views.board, name="api-board"),
+    path("api/canvases/<slug:slug>/board.png", views.board_png, name="api-board-png"),
+    # Signed, so a negative coordinate gets the API's JSON 404, not a page.
+    re_path(
+        r"^api/canvases/(?P<slug>[-\w]+)/pixels/(?P<x>-?\d+)/(?P<y>-?\d+)$",
+        views.pixel,
+        name="api-pixel",
+    ),
+]

@@ -1,0 +1,167 @@
+"""HTTP: the player page, the canvas API and the account pages."""
+
+from functools import wraps
+
+from django.conf import settings
+from django.contrib.auth import login, logout
+from django.contrib.auth.forms import UserCreationForm
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET
+
+from . import exceptions as exc
+from . import selectors, services
+from .models import PALETTE_2017, PALETTE_2017_NAMES
+
+
+def _canvas_or_404(view):
+    """Resolve `slug` to a canvas; unknown slugs get the API's JSON 404."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, slug: str, **kwargs) -> HttpResponse:
+        try:
+            canvas = selectors.canvas_get(slug=slug)
+        except exc.CanvasNotFound:
+            return JsonResponse({"error": f"no canvas named {slug!r}"}, status=404)
+        return view(request, canvas, **kwargs)
+
+    return wrapper
+
+
+def canvas_json(canvas) -> dict:
+    return {
+        "slug": canvas.slug,
+        "title": canvas.title,
+        "width": canvas.width,
+        "height": canvas.height,
+        "palette": canvas.palette,
+        "cooldown_seconds": canvas.cooldown_seconds,
+        "open": canvas.is_open,
+        "seq": selectors.canvas_seq(canvas_id=canvas.pk),
+    }
+
+
+def palette_names(palette: list[str]) -> list[str]:
+    if palette == PALETTE_2017:
+        return list(PALETTE_2017_NAMES)
+    return [f"colour {colour}" for colour in palette]
+
+
+@require_GET
+def play(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        canvas = selectors.canvas_get(slug=slug)
+    except exc.CanvasNotFound:
+        return render(request, "canvas/missing.html", {"slug": slug}, status=404)
+    if not settings.PLACE_REQUIRE_LOGIN and not request.user.is_authenticated:
+        # Anonymous play: the session is the player's identity, so make sure
+        # one exists before the page opens its socket.
+        request.session.setdefault("anonymous_player", True)
+        if not request.session.session_key:
+            request.session.save()
+    player = services.player_identify(
+        user=request.user, session_key=request.session.session_key
+    )
+    config = {
+        "slug": canvas.slug,
+        "title": canvas.title,
+        "width": canvas.width,
+        "height": canvas.height,
+        "palette": canvas.palette,
+        "paletteNames": palette_names(canvas.palette),
+        "cooldownSeconds": canvas.cooldown_seconds,
+        "requireLogin": settings.PLACE_REQUIRE_LOGIN,
+        "player": player.name if player else None,
+    }
+    swatches = list(
+        zip(
+            range(len(canvas.palette)),
+            canvas.palette,
+            config["paletteNames"],
+            strict=True,
+        )
+    )
+    return render(
+        request,
+        "canvas/play.html",
+        {"canvas": canvas, "config": config, "swatches": swatches},
+    )
+
+
+@require_GET
+@_canvas_or_404
+def canvas_meta(request: HttpRequest, canvas) -> JsonResponse:
+    return JsonResponse(canvas_json(canvas))
+
+
+@require_GET
+@_canvas_or_404
+def board(request: HttpRequest, canvas) -> HttpResponse:
+    snapshot = selectors.board_snapshot(canvas=canvas)
+    headers = {
+        "ETag": snapshot.etag,
+        "X-Canvas-Seq": str(snapshot.seq),
+        "Cache-Control": "no-cache",
+    }
+    if request.headers.get("If-None-Match") == snapshot.etag:
+        return HttpResponse(status=304, headers=headers)
+    return HttpResponse(
+        snapshot.data, content_type="application/octet-stream", headers=headers
+    )
+
+
+@require_GET
+@_canvas_or_404
+def board_png(request: HttpRequest, canvas) -> HttpResponse:
+    etag, png = selectors.board_png(canvas=canvas)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponse(status=304, headers=headers)
+    return HttpResponse(png, content_type="image/png", headers=headers)
+
+
+@require_GET
+@_canvas_or_404
+def pixel(request: HttpRequest, canvas, x: str, y: str) -> JsonResponse:
+    try:
+        info = selectors.pixel_info(canvas=canvas, x=int(x), y=int(y))
+    except exc.PlaceError:
+        return JsonResponse({"error": exc.MSG_OUT_OF_BOUNDS}, status=404)
+    return JsonResponse(
+        {
+            "x": info.x,
+            "y": info.y,
+            "color": info.color,
+            "placed_by": info.placed_by,
+            "placed_at": info.placed_at.isoformat() if info.placed_at else None,
+        }
+    )
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = UserCreationForm(request.POST)
+        if form.is_valid():
+            user = form.save()
+            login(request, user)
+            return redirect(_safe_next(request))
+    else:
+        form = UserCreationForm()
+    return render(request, "registration/signup.html", {"form": form})
+
+
+def logout_page(request: HttpRequest) -> HttpResponse:
+    """GET asks to confirm; POST (with CSRF) logs out."""
+    if request.method == "POST":
+        logout(request)
+        return redirect(settings.LOGOUT_REDIRECT_URL)
+    return render(request, "registration/logout.html")
+
+
+def _safe_next(request: HttpRequest) -> str:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    target = request.POST.get("next") or request.GET.get("next") or "/"
+    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return target
+    return "/"
