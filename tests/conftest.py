@@ -1,0 +1,110 @@
+"""Shared fixtures: canvases, players, sessions and WebSocket clients."""
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+
+from . import services_available as svc
+
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+def pytest_sessionstart(session) -> None:
+    """The PostgreSQL pass of `make test` needs the server; say so plainly."""
+    engine = django_settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" in engine and not svc._reachable(
+        svc.POSTGRES_HOST, svc.POSTGRES_PORT
+    ):
+        message = f"PostgreSQL is not reachable at {svc.POSTGRES_HOST}:{svc.POSTGRES_PORT}"
+        if svc.in_ci():
+            pytest.exit(f"{message}; CI must provide it", returncode=1)
+        pytest.exit(f"{message}; skipping the PostgreSQL pass", returncode=0)
+
+
+@pytest.fixture
+def make_canvas(db):
+    from canvas import services
+
+    def make(slug: str = "test", width: int = 32, height: int = 16, cooldown: int = 300):
+        canvas, _ = services.canvas_create_or_update(
+            slug=slug, width=width, height=height, cooldown_seconds=cooldown
+        )
+        return canvas
+
+    return make
+
+
+@pytest.fixture
+def anonymous_play(settings):
+    settings.PLACE_REQUIRE_LOGIN = False
+    return settings
+
+
+def session_key_create(**data) -> str:
+    store = SessionStore()
+    for key, value in data.items():
+        store[key] = value
+    store.save()
+    return store.session_key
+
+
+def login_session_key(username: str = "alice") -> str:
+    """A session in which `username` is logged in, as Django's login() would make."""
+    user = get_user_model().objects.create_user(username=username, password="pw-123456!")
+    return session_key_create(
+        _auth_user_id=str(user.pk),
+        _auth_user_backend="django.contrib.auth.backends.ModelBackend",
+        _auth_user_hash=user.get_session_auth_hash(),
+    )
+
+
+def communicator(slug: str, *, session_key: str | None = None, headers=None):
+    from placeproject.asgi import application
+
+    all_headers = list(headers) if headers is not None else [ORIGIN]
+    if session_key:
+        all_headers.append((b"cookie", f"sessionid={session_key}".encode()))
+    return WebsocketCommunicator(
+        application, f"/ws/canvases/{slug}/", headers=all_headers
+    )
+
+
+async def connect(slug: str, **kwargs) -> tuple[WebsocketCommunicator, dict]:
+    """Open a socket and return it with its `hello`."""
+    client = communicator(slug, **kwargs)
+    connected, _ = await client.connect(timeout=5)
+    assert connected
+    hello = json.loads(await client.receive_from(timeout=5))
+    assert hello["type"] == "hello"
+    return client, hello
+
+
+async def receive_type(client, kind: str, timeout: float = 5) -> dict:
+    """The next message of type `kind`, skipping others (online counts, ...)."""
+    while True:
+        message = json.loads(await client.receive_from(timeout=timeout))
+        if message["type"] == kind:
+            return message
+
+
+async def send(client, message) -> None:
+    text = message if isinstance(message, str) else json.dumps(message)
+    await client.send_to(text_data=text)
+
+
+@pytest.fixture
+async def fresh_layer():
+    """Each test gets an empty in-memory layer (hubs of earlier tests are gone)."""
+    layer = get_channel_layer()
+    if hasattr(layer, "flush"):
+        await layer.flush()
+    yield layer
+
+
+adb = database_sync_to_async

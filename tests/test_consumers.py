@@ -1,0 +1,247 @@
+"""The WebSocket endpoint through the full ASGI stack (origin check, sessions)."""
+
+import asyncio
+import json
+
+import pytest
+
+from canvas import exceptions as exc
+from canvas.models import Connection, Placement
+
+from .conftest import (
+    adb,
+    communicator,
+    connect,
+    login_session_key,
+    receive_type,
+    send,
+    session_key_create,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_layer")]
+
+
+@pytest.fixture
+def canvas(make_canvas):
+    return make_canvas(slug="test", width=32, height=16, cooldown=300)
+
+
+@pytest.fixture
+def player_session(anonymous_play):
+    return session_key_create(seen=True)
+
+
+async def test_hello_then_place_is_accepted_and_broadcast_to_everyone(canvas, player_session):
+    placer, hello = await connect("test", session_key=player_session)
+    watcher, watcher_hello = await connect("test")
+    assert hello["seq"] == 0 and hello["can_place"] is True
+    assert hello["user"].startswith("anon-")
+    assert hello["cooldown_seconds"] == 300 and hello["cooldown_remaining"] == 0
+    assert watcher_hello["user"] is None and watcher_hello["can_place"] is False
+
+    await send(placer, {"type": "place", "x": 3, "y": 4, "color": 5})
+    accepted = await receive_type(placer, "accepted")
+    assert accepted == {
+        "type": "accepted",
+        "x": 3,
+        "y": 4,
+        "color": 5,
+        "seq": 1,
+        "cooldown_remaining": 300.0,
+    }
+    assert await adb(Placement.objects.filter(seq=1, x=3, y=4, color=5).exists)()
+    assert (await receive_type(watcher, "pixels"))["updates"] == [[1, 3, 4, 5]]
+    # The placer sees its own placement in the stream too.
+    assert (await receive_type(placer, "pixels"))["updates"] == [[1, 3, 4, 5]]
+    await placer.disconnect()
+    await watcher.disconnect()
+
+
+async def test_second_placement_gets_cooldown_with_retry_after(canvas, player_session):
+    client, _ = await connect("test", session_key=player_session)
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    await receive_type(client, "accepted")
+    await send(client, {"type": "place", "x": 2, "y": 1, "color": 1})
+    rejected = await receive_type(client, "rejected")
+    assert rejected["code"] == "cooldown"
+    assert rejected["message"] == exc.MSG_COOLDOWN
+    assert 295 < rejected["retry_after"] <= 300
+    # A reconnect reports the remaining cooldown in hello.
+    await client.disconnect()
+    again, hello = await connect("test", session_key=player_session)
+    assert 295 < hello["cooldown_remaining"] <= 300
+    await again.disconnect()
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        ({"type": "place", "x": 32, "y": 0, "color": 1}, "out_of_bounds"),
+        ({"type": "place", "x": 0, "y": -1, "color": 1}, "out_of_bounds"),
+        ({"type": "place", "x": 0, "y": 0, "color": 16}, "invalid_color"),
+    ],
+)
+async def test_rejections_name_their_code(canvas, player_session, message, code):
+    client, _ = await connect("test", session_key=player_session)
+    await send(client, message)
+    rejected = await receive_type(client, "rejected")
+    assert rejected["code"] == code and rejected["retry_after"] is None
+    assert not await adb(Placement.objects.exists)()
+    await client.disconnect()
+
+
+BAD_FRAMES = [
+    "not json",
+    "[1,2,3]",
+    "null",
+    '{"type":"place","x":1.5,"y":1,"color":1}',
+    '{"type":"place","x":"1","y":1,"color":1}',
+    '{"type":"place","x":true,"y":1,"color":1}',
+    '{"type":"place","y":1,"color":1}',
+    '{"type":"place","x":1,"y":1}',
+    '{"type":"wipe"}',
+    "{}",
+]
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES)
+async def test_bad_input_gets_bad_request_writes_nothing_and_keeps_the_socket(
+    canvas, player_session, frame
+):
+    client, _ = await connect("test", session_key=player_session)
+    await send(client, frame)
+    rejected = await receive_type(client, "rejected")
+    assert rejected["code"] == "bad_request"
+    assert not await adb(Placement.objects.exists)()
+    # Still open and usable: a valid placement goes through afterwards.
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 2})
+    assert (await receive_type(client, "accepted"))["seq"] == 1
+    await client.disconnect()
+
+
+async def test_binary_frame_is_a_bad_request(canvas, player_session):
+    client, _ = await connect("test", session_key=player_session)
+    await client.send_to(bytes_data=b"\x00\x01place")
+    assert (await receive_type(client, "rejected"))["code"] == "bad_request"
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 2})
+    assert (await receive_type(client, "accepted"))["seq"] == 1
+    await client.disconnect()
+
+
+async def test_frame_over_16_kib_closes_with_4009(canvas, player_session):
+    client, _ = await connect("test", session_key=player_session)
+    await send(client, json.dumps({"type": "place", "pad": "x" * 16400}))
+    output = await client.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": 4009}
+    assert not await adb(Placement.objects.exists)()
+
+
+async def test_frame_of_exactly_16_kib_is_still_read(canvas, player_session):
+    client, _ = await connect("test", session_key=player_session)
+    frame = json.dumps({"type": "place", "x": 1, "y": 1, "color": 2, "pad": ""})
+    frame = frame.replace('"pad": ""', '"pad": "' + "x" * (16384 - len(frame)) + '"')
+    assert len(frame) == 16384
+    await send(client, frame)
+    assert (await receive_type(client, "accepted"))["seq"] == 1
+    await client.disconnect()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"origin", b"http://evil.example")],
+        [(b"origin", b"null")],
+        [],
+    ],
+    ids=["foreign", "null", "missing"],
+)
+async def test_foreign_null_or_missing_origin_is_refused(canvas, headers):
+    client = communicator("test", headers=headers)
+    connected, _ = await client.connect(timeout=5)
+    assert not connected
+    assert not await adb(Connection.objects.exists)()
+
+
+async def test_unknown_canvas_is_refused(canvas):
+    client = communicator("nope")
+    connected, code = await client.connect(timeout=5)
+    assert not connected and code == 4004
+
+
+async def test_socket_without_session_watches_but_cannot_place(canvas, anonymous_play):
+    client, hello = await connect("test")
+    assert hello["user"] is None and hello["can_place"] is False
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    assert (await receive_type(client, "rejected"))["code"] == "login_required"
+    assert not await adb(Placement.objects.exists)()
+    await client.disconnect()
+
+
+async def test_login_required_mode_refuses_anonymous_sessions(canvas):
+    key = await adb(session_key_create)(seen=True)
+    client, hello = await connect("test", session_key=key)
+    assert hello["can_place"] is False
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    rejected = await receive_type(client, "rejected")
+    assert rejected["code"] == "login_required"
+    assert rejected["message"] == exc.MSG_LOGIN_REQUIRED
+    await client.disconnect()
+
+
+async def test_logged_in_user_places_under_their_username(canvas):
+    key = await adb(login_session_key)("alice")
+    client, hello = await connect("test", session_key=key)
+    assert hello["user"] == "alice" and hello["can_place"] is True
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    await receive_type(client, "accepted")
+    assert await adb(Placement.objects.filter(player__name="alice").exists)()
+    await client.disconnect()
+
+
+async def test_banned_player_is_refused_on_an_open_socket(canvas):
+    from django.utils import timezone
+
+    from canvas.models import Player
+
+    key = await adb(login_session_key)("mallory")
+    client, _ = await connect("test", session_key=key)
+    await adb(Player.objects.filter(name="mallory").update)(
+        banned_until=timezone.now() + timezone.timedelta(days=1)
+    )
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    assert (await receive_type(client, "rejected"))["code"] == "banned"
+    await client.disconnect()
+
+
+async def test_connection_row_lives_exactly_as_long_as_the_socket(canvas, player_session):
+    client, _ = await connect("test", session_key=player_session)
+    rows = await adb(list)(Connection.objects.values_list("canvas__slug", "player__name"))
+    assert len(rows) == 1 and rows[0][0] == "test" and rows[0][1].startswith("anon-")
+    await client.disconnect()
+    await asyncio.sleep(0.1)
+    assert not await adb(Connection.objects.exists)()
+
+
+async def test_after_hello_the_stream_carries_exactly_the_next_seqs(make_canvas, anonymous_play):
+    await adb(make_canvas)(slug="busy", cooldown=0)
+    keys = [await adb(session_key_create)(n=i) for i in range(3)]
+    placers = [(await connect("busy", session_key=k))[0] for k in keys]
+    # Some changes happen before the watcher arrives...
+    for i, placer in enumerate(placers):
+        await send(placer, {"type": "place", "x": i, "y": 0, "color": 3})
+        await receive_type(placer, "accepted")
+    watcher, hello = await connect("busy")
+    start = hello["seq"]
+    # ...and more after, interleaved from several sockets.
+    for round_ in range(4):
+        for i, placer in enumerate(placers):
+            await send(placer, {"type": "place", "x": i, "y": round_ + 1, "color": 4})
+    for placer in placers:
+        for _ in range(4):
+            await receive_type(placer, "accepted")
+    seen: list[int] = []
+    while len(seen) < 3 + 12 - start:
+        seen += [u[0] for u in (await receive_type(watcher, "pixels"))["updates"]]
+    assert seen == list(range(start + 1, 16))
+    for client in [*placers, watcher]:
+        await client.disconnect()
