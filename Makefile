@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The second test pass runs the in-process suite on PostgreSQL (skipped off CI if absent).
+TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/place
 
 .PHONY: run test lint format bench clean
 
@@ -22,7 +24,7 @@ test: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest
-	PLACE_TEST_DATABASE=postgres $(PY) -m pytest -m "not browser and not live"
+	DATABASE_URL=$(TEST_POSTGRES_URL) $(PY) -m pytest -m "not browser and not live"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check --fix .

@@ -21,7 +21,9 @@ def pytest_sessionstart(session) -> None:
     if "postgresql" in engine and not svc._reachable(
         svc.POSTGRES_HOST, svc.POSTGRES_PORT
     ):
-        message = f"PostgreSQL is not reachable at {svc.POSTGRES_HOST}:{svc.POSTGRES_PORT}"
+        message = (
+            f"PostgreSQL is not reachable at {svc.POSTGRES_HOST}:{svc.POSTGRES_PORT}"
+        )
         if svc.in_ci():
             pytest.exit(f"{message}; CI must provide it", returncode=1)
         pytest.exit(f"{message}; skipping the PostgreSQL pass", returncode=0)
@@ -31,7 +33,9 @@ def pytest_sessionstart(session) -> None:
 def make_canvas(db):
     from canvas import services
 
-    def make(slug: str = "test", width: int = 32, height: int = 16, cooldown: int = 300):
+    def make(
+        slug: str = "test", width: int = 32, height: int = 16, cooldown: int = 300
+    ):
         canvas, _ = services.canvas_create_or_update(
             slug=slug, width=width, height=height, cooldown_seconds=cooldown
         )
@@ -56,7 +60,9 @@ def session_key_create(**data) -> str:
 
 def login_session_key(username: str = "alice") -> str:
     """A session in which `username` is logged in, as Django's login() would make."""
-    user = get_user_model().objects.create_user(username=username, password="pw-123456!")
+    user = get_user_model().objects.create_user(
+        username=username, password="pw-123456!"
+    )
     return session_key_create(
         _auth_user_id=str(user.pk),
         _auth_user_backend="django.contrib.auth.backends.ModelBackend",

@@ -14,7 +14,9 @@ POSTGRES_PORT = int(os.environ.get("PLACE_TEST_PG_PORT", "5432"))
 POSTGRES_ADMIN_URL = f"postgres://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
 REDIS_HOST = os.environ.get("PLACE_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("PLACE_TEST_REDIS_PORT", "6379"))
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/3"
+# Live tests flush this Redis database; pick another to run two suites at once.
+REDIS_DB = int(os.environ.get("PLACE_TEST_REDIS_DB", "3"))
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 
 
 def in_ci() -> bool:

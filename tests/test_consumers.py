@@ -18,7 +18,10 @@ from .conftest import (
     session_key_create,
 )
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_layer")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_layer"),
+]
 
 
 @pytest.fixture
@@ -31,7 +34,9 @@ def player_session(anonymous_play):
     return session_key_create(seen=True)
 
 
-async def test_hello_then_place_is_accepted_and_broadcast_to_everyone(canvas, player_session):
+async def test_hello_then_place_is_accepted_and_broadcast_to_everyone(
+    canvas, player_session
+):
     placer, hello = await connect("test", session_key=player_session)
     watcher, watcher_hello = await connect("test")
     assert hello["seq"] == 0 and hello["can_place"] is True
@@ -213,16 +218,22 @@ async def test_banned_player_is_refused_on_an_open_socket(canvas):
     await client.disconnect()
 
 
-async def test_connection_row_lives_exactly_as_long_as_the_socket(canvas, player_session):
+async def test_connection_row_lives_exactly_as_long_as_the_socket(
+    canvas, player_session
+):
     client, _ = await connect("test", session_key=player_session)
-    rows = await adb(list)(Connection.objects.values_list("canvas__slug", "player__name"))
+    rows = await adb(list)(
+        Connection.objects.values_list("canvas__slug", "player__name")
+    )
     assert len(rows) == 1 and rows[0][0] == "test" and rows[0][1].startswith("anon-")
     await client.disconnect()
     await asyncio.sleep(0.1)
     assert not await adb(Connection.objects.exists)()
 
 
-async def test_after_hello_the_stream_carries_exactly_the_next_seqs(make_canvas, anonymous_play):
+async def test_after_hello_the_stream_carries_exactly_the_next_seqs(
+    make_canvas, anonymous_play
+):
     await adb(make_canvas)(slug="busy", cooldown=0)
     keys = [await adb(session_key_create)(n=i) for i in range(3)]
     placers = [(await connect("busy", session_key=k))[0] for k in keys]

@@ -23,11 +23,26 @@ def test_place_message_parses_into_a_request():
         ('{"type":"paint","x":1,"y":1,"color":1}', exc.MSG_UNKNOWN_TYPE),
         ('{"x":1,"y":1,"color":1}', exc.MSG_UNKNOWN_TYPE),
         ('{"type":"place","y":1,"color":1}', exc.MSG_BAD_FIELD.format(field="x")),
-        ('{"type":"place","x":1.5,"y":1,"color":1}', exc.MSG_BAD_FIELD.format(field="x")),
-        ('{"type":"place","x":"1","y":1,"color":1}', exc.MSG_BAD_FIELD.format(field="x")),
-        ('{"type":"place","x":true,"y":1,"color":1}', exc.MSG_BAD_FIELD.format(field="x")),
-        ('{"type":"place","x":1,"y":null,"color":1}', exc.MSG_BAD_FIELD.format(field="y")),
-        ('{"type":"place","x":1,"y":1,"color":[1]}', exc.MSG_BAD_FIELD.format(field="color")),
+        (
+            '{"type":"place","x":1.5,"y":1,"color":1}',
+            exc.MSG_BAD_FIELD.format(field="x"),
+        ),
+        (
+            '{"type":"place","x":"1","y":1,"color":1}',
+            exc.MSG_BAD_FIELD.format(field="x"),
+        ),
+        (
+            '{"type":"place","x":true,"y":1,"color":1}',
+            exc.MSG_BAD_FIELD.format(field="x"),
+        ),
+        (
+            '{"type":"place","x":1,"y":null,"color":1}',
+            exc.MSG_BAD_FIELD.format(field="y"),
+        ),
+        (
+            '{"type":"place","x":1,"y":1,"color":[1]}',
+            exc.MSG_BAD_FIELD.format(field="color"),
+        ),
         (
             '{"type":"place","x":1,"x":2,"y":1,"color":1}',
             exc.MSG_DUPLICATE_KEY.format(key="x"),
@@ -44,7 +59,11 @@ def test_malformed_messages_are_refused_with_a_reason(text, message):
 def test_frames_are_compact_json_with_the_contract_fields():
     hello = json.loads(
         protocol.hello_frame(
-            seq=7, cooldown_seconds=300, cooldown_remaining=12.34567, can_place=True, user="a"
+            seq=7,
+            cooldown_seconds=300,
+            cooldown_remaining=12.34567,
+            can_place=True,
+            user="a",
         )
     )
     assert hello == {

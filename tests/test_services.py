@@ -19,7 +19,11 @@ def player(db):
 
 def place(canvas, player, x=1, y=2, color=5):
     return services.placement_create(
-        canvas_id=canvas.pk, player_id=player.pk if player else None, x=x, y=y, color=color
+        canvas_id=canvas.pk,
+        player_id=player.pk if player else None,
+        x=x,
+        y=y,
+        color=color,
     )
 
 
@@ -31,11 +35,15 @@ def test_placement_writes_board_history_and_next_seq(make_canvas, player):
     snapshot = selectors.board_snapshot(canvas=canvas)
     assert snapshot.data[4 * canvas.width + 3] == 7
     assert snapshot.seq == 2
-    history = list(Placement.objects.order_by("seq").values_list("seq", "color", "previous_color"))
+    history = list(
+        Placement.objects.order_by("seq").values_list("seq", "color", "previous_color")
+    )
     assert history == [(1, 5, 0), (2, 7, 5)]
 
 
-def test_second_placement_within_cooldown_is_refused_with_retry_after(make_canvas, player):
+def test_second_placement_within_cooldown_is_refused_with_retry_after(
+    make_canvas, player
+):
     canvas = make_canvas(cooldown=300)
     result = place(canvas, player)
     assert result.cooldown_remaining == 300
@@ -186,4 +194,3 @@ def test_anonymous_session_players_get_a_generated_name(db, settings):
     assert services.player_identify(user=AnonymousUser(), session_key="x" * 32) is None
     settings.PLACE_REQUIRE_LOGIN = True
     assert services.player_identify(user=AnonymousUser(), session_key=key) is None
-

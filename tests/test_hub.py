@@ -1,0 +1,73 @@
+"""The per-process hub: ordering by seq, batching, refilling lost changes."""
+
+import json
+
+import pytest
+
+from canvas import broadcast, services
+from canvas.hub import Hub
+from canvas.models import Player
+
+from .conftest import adb, connect, receive_type
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_layer"),
+]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[dict] = []
+
+    async def deliver(self, frame: str) -> None:
+        self.frames.append(json.loads(frame))
+
+    async def canvas_updated(self) -> None:
+        pass
+
+
+async def test_out_of_order_changes_are_released_in_seq_order(make_canvas):
+    canvas = await adb(make_canvas)(slug="order")
+    hub = Hub(canvas.pk)
+    hub.last_seq = 10
+    recorder = Recorder()
+    hub.join(recorder)
+    hub.accept([[13, 0, 0, 1], [11, 0, 0, 1], [9, 0, 0, 1]])
+    await hub.flush()
+    assert recorder.frames == [{"type": "pixels", "updates": [[11, 0, 0, 1]]}]
+    hub.accept([[12, 1, 1, 2], [11, 0, 0, 1]])
+    await hub.flush()
+    assert recorder.frames[-1]["updates"] == [[12, 1, 1, 2], [13, 0, 0, 1]]
+    assert hub.last_seq == 13
+
+
+async def test_many_changes_in_one_tick_go_out_as_one_frame(make_canvas):
+    canvas = await adb(make_canvas)(slug="batch")
+    hub = Hub(canvas.pk)
+    recorder = Recorder()
+    hub.join(recorder)
+    hub.accept([[seq, seq % 32, 0, 3] for seq in range(1, 501)])
+    await hub.flush()
+    assert len(recorder.frames) == 1 and len(recorder.frames[0]["updates"]) == 500
+
+
+async def test_changes_lost_by_the_layer_are_refilled_from_the_database(
+    make_canvas, anonymous_play, monkeypatch
+):
+    """A process that commits but never publishes (it died, Redis was down)."""
+    anonymous_play.PLACE_GAP_TIMEOUT = 0.2
+    canvas = await adb(make_canvas)(slug="lossy", cooldown=0)
+    watcher, hello = await connect("lossy")
+    player = await adb(Player.objects.create)(name="ghost")
+    monkeypatch.setattr(broadcast, "publish", lambda **kwargs: None)
+    for i in range(3):
+        await adb(services.placement_create)(
+            canvas_id=canvas.pk, player_id=player.pk, x=i, y=0, color=6
+        )
+    frame = await receive_type(watcher, "pixels", timeout=5)
+    seqs = [u[0] for u in frame["updates"]]
+    while len(seqs) < 3:
+        seqs += [u[0] for u in (await receive_type(watcher, "pixels"))["updates"]]
+    assert seqs == [hello["seq"] + 1, hello["seq"] + 2, hello["seq"] + 3]
+    await watcher.disconnect()

@@ -1,0 +1,174 @@
+"""HTTP: player pages, the canvas API and the account pages."""
+
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from PIL import Image
+
+from canvas import services
+from canvas.models import Player
+
+
+@pytest.fixture
+def canvas(make_canvas):
+    return make_canvas(slug="test", width=40, height=30, cooldown=0)
+
+
+def place(canvas, x, y, color, name="bob"):
+    player, _ = Player.objects.get_or_create(name=name)
+    return services.placement_create(
+        canvas_id=canvas.pk, player_id=player.pk, x=x, y=y, color=color
+    )
+
+
+def test_canvas_meta_matches_the_contract(client, canvas):
+    place(canvas, 1, 1, 3)
+    body = client.get("/api/canvases/test/").json()
+    assert body == {
+        "slug": "test",
+        "title": "test",
+        "width": 40,
+        "height": 30,
+        "palette": canvas.palette,
+        "cooldown_seconds": 0,
+        "open": True,
+        "seq": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/canvases/nope/",
+        "/api/canvases/nope/board",
+        "/api/canvases/nope/board.png",
+        "/api/canvases/nope/pixels/1/1",
+    ],
+)
+def test_unknown_canvas_is_a_json_404(client, db, url):
+    response = client.get(url)
+    assert response.status_code == 404
+    assert "nope" in response.json()["error"]
+
+
+def test_board_bytes_follow_placements_with_seq_and_etag(client, canvas):
+    place(canvas, 5, 7, 12)
+    response = client.get("/api/canvases/test/board")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/octet-stream"
+    assert response["X-Canvas-Seq"] == "1"
+    data = response.content
+    assert len(data) == 40 * 30 and data[7 * 40 + 5] == 12 and data.count(0) == 1199
+    etag = response["ETag"]
+    cached = client.get("/api/canvases/test/board", headers={"if-none-match": etag})
+    assert cached.status_code == 304 and cached.content == b""
+    place(canvas, 6, 7, 2)
+    fresh = client.get("/api/canvases/test/board", headers={"if-none-match": etag})
+    assert fresh.status_code == 200 and fresh["X-Canvas-Seq"] == "2"
+    assert fresh["ETag"] != etag and fresh.content[7 * 40 + 6] == 2
+
+
+def test_board_png_shows_the_palette_colours(client, canvas):
+    place(canvas, 2, 3, 5)  # red
+    response = client.get("/api/canvases/test/board.png")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content)).convert("RGB")
+    assert image.size == (40, 30)
+    assert image.getpixel((2, 3)) == (0xE5, 0x00, 0x00)
+    assert image.getpixel((0, 0)) == (0xFF, 0xFF, 0xFF)
+
+
+def test_pixel_info_names_who_placed_it_and_when(client, canvas):
+    place(canvas, 4, 4, 9, name="carol")
+    body = client.get("/api/canvases/test/pixels/4/4").json()
+    assert body["x"] == 4 and body["y"] == 4 and body["color"] == 9
+    assert body["placed_by"] == "carol" and body["placed_at"].startswith("20")
+    empty = client.get("/api/canvases/test/pixels/0/0").json()
+    assert empty == {"x": 0, "y": 0, "color": 0, "placed_by": None, "placed_at": None}
+
+
+@pytest.mark.parametrize("x, y", [(40, 0), (0, 30), (-1, 0), (0, -5)])
+def test_pixel_outside_the_canvas_is_404(client, canvas, x, y):
+    response = client.get(f"/api/canvases/test/pixels/{x}/{y}")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_player_page_has_the_contract_hooks(client, canvas):
+    response = client.get("/c/test/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'data-role="board"' in html and 'data-role="cooldown"' in html
+    for index in range(16):
+        assert f'data-color="{index}"' in html
+    assert 'aria-label="red"' in html
+
+
+def test_home_is_canvas_main(client, make_canvas):
+    make_canvas(slug="main", width=10, height=10)
+    response = client.get("/")
+    assert response.status_code == 200 and b'"slug": "main"' in response.content
+
+
+def test_unknown_canvas_page_is_404(client, db):
+    assert client.get("/c/nope/").status_code == 404
+
+
+def test_anonymous_play_sets_a_session_cookie(client, canvas, settings):
+    settings.PLACE_REQUIRE_LOGIN = False
+    response = client.get("/c/test/")
+    assert "sessionid" in response.cookies
+
+
+def test_login_required_mode_sets_no_cookie_and_invites_to_join(client, canvas):
+    response = client.get("/c/test/")
+    assert "sessionid" not in response.cookies
+    assert b"Sign up" in response.content and b"to place pixels" in response.content
+
+
+def test_signup_creates_an_account_and_logs_in(client, canvas):
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "dave",
+            "password1": "a-long-pass-123",
+            "password2": "a-long-pass-123",
+        },
+    )
+    assert response.status_code == 302
+    assert get_user_model().objects.filter(username="dave").exists()
+    assert client.get("/c/test/").context["user"].username == "dave"
+
+
+def test_signup_with_mismatched_passwords_shows_the_error(client, db):
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "erin",
+            "password1": "a-long-pass-123",
+            "password2": "other-pass-456",
+        },
+    )
+    assert response.status_code == 200
+    assert b"didn" in response.content  # "The two password fields didn't match."
+    assert not get_user_model().objects.filter(username="erin").exists()
+
+
+def test_login_and_logout(client, canvas):
+    get_user_model().objects.create_user("frank", password="a-long-pass-123")
+    assert client.get("/accounts/login/").status_code == 200
+    response = client.post(
+        "/accounts/login/", {"username": "frank", "password": "a-long-pass-123"}
+    )
+    assert response.status_code == 302
+    assert client.get("/accounts/logout/").status_code == 200  # asks to confirm
+    assert client.post("/accounts/logout/").status_code == 302
+    assert not client.get("/c/test/").context["user"].is_authenticated
+
+
+def test_forms_need_csrf(canvas):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    response = strict.post("/accounts/login/", {"username": "x", "password": "y"})
+    assert response.status_code == 403
