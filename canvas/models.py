@@ -176,3 +176,20 @@ class Connection(models.Model):
 
     def __str__(self) -> str:
         return self.channel_name
+
+
+class IpQuota(models.Model):
+    """Placements from one address in the current window (PLACE_IP_LIMIT)."""
+
+    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE)
+    ip = models.GenericIPAddressField()
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["canvas", "ip"], name="ipquota_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ip} on {self.canvas_id}: {self.count}"
