@@ -148,6 +148,15 @@ class Placement(models.Model):
     placed_at = models.DateTimeField(default=timezone.now)
     kind = models.CharField(max_length=12, choices=KIND_CHOICES, default=KIND_PLACE)
     rolled_back = models.BooleanField(default=False)
+    # The active rollback that keeps this placement rolled back (canvas/moderation.py).
+    rolled_back_by = models.ForeignKey(
+        "ModerationAction",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+    )
 
     class Meta:
         constraints = [
@@ -157,6 +166,12 @@ class Placement(models.Model):
             models.Index(fields=["canvas", "x", "y", "seq"], name="placement_pixel"),
             models.Index(fields=["player", "placed_at"], name="placement_player"),
             models.Index(fields=["canvas", "placed_at"], name="placement_time"),
+            # Partial: almost every row is NULL here, and only undo looks it up.
+            models.Index(
+                fields=["rolled_back_by"],
+                condition=models.Q(rolled_back_by__isnull=False),
+                name="placement_rolled_back_by",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -193,3 +208,67 @@ class IpQuota(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ip} on {self.canvas_id}: {self.count}"
+
+
+class ModerationAction(models.Model):
+    """One thing a moderator did: who, when, why, what it touched, what it changed."""
+
+    KIND_ROLLBACK = "rollback"
+    KIND_UNDO = "undo"
+    KIND_BAN = "ban"
+    KIND_UNBAN = "unban"
+    KIND_PAUSE = "pause"
+    KIND_RESUME = "resume"
+    KIND_COOLDOWN = "cooldown"
+    KIND_CHOICES = [
+        (KIND_ROLLBACK, "rollback"),
+        (KIND_UNDO, "undo of a rollback"),
+        (KIND_BAN, "ban"),
+        (KIND_UNBAN, "unban"),
+        (KIND_PAUSE, "pause canvas"),
+        (KIND_RESUME, "resume canvas"),
+        (KIND_COOLDOWN, "change cooldown"),
+    ]
+
+    kind = models.CharField(max_length=12, choices=KIND_CHOICES)
+    canvas = models.ForeignKey(Canvas, null=True, blank=True, on_delete=models.CASCADE)
+    player = models.ForeignKey(Player, null=True, blank=True, on_delete=models.SET_NULL)
+    # Null when done from the command line.
+    moderator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    reason = models.CharField(max_length=500)
+    scope = models.JSONField(default=dict, blank=True)
+    placements_count = models.PositiveIntegerField(default=0)
+    pixels_count = models.PositiveIntegerField(default=0)
+    # The consecutive seqs of the pixel changes this action made, if any.
+    seq_from = models.BigIntegerField(null=True, blank=True)
+    seq_to = models.BigIntegerField(null=True, blank=True)
+    undo_of = models.OneToOneField(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="undone_by",
+    )
+    undone_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["canvas", "kind", "undone_at"], name="moderation_active"
+            )
+        ]
+        permissions = [
+            ("rollback_placements", "Can roll back placements and undo rollbacks"),
+            ("ban_player", "Can ban and unban players"),
+            ("moderate_canvas", "Can pause, resume and set the cooldown of canvases"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+    @property
+    def is_undone(self) -> bool:
+        return self.undone_at is not None
