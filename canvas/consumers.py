@@ -9,7 +9,9 @@ from django.db import DatabaseError
 
 from . import exceptions as exc
 from . import protocol, selectors, services
+from .clientip import scope_ip
 from .hub import SERVER_ID, registry
+from .ratelimit import FloodDetector, TokenBucket
 
 log = logging.getLogger("canvas.consumer")
 
@@ -21,7 +23,15 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.hub = None
         self.ready = False
         self.backlog: list[str] = []
+        self.ip = scope_ip(self.scope)
+        rate = settings.PLACE_MESSAGE_RATE
+        self.bucket = TokenBucket(rate, burst=max(1.0, rate))
+        # Sustained flooding: refusals for two seconds' worth of the allowed rate.
+        self.flood = FloodDetector(limit=max(10, int(rate * 2)), window=5.0)
         try:
+            if not await database_sync_to_async(_connection_allowed)(self.ip):
+                await self.close(code=protocol.CLOSE_TOO_MANY)
+                return
             identity = await database_sync_to_async(_identify)(self.scope)
         except exc.CanvasNotFound:
             await self.close(code=4004)
@@ -37,7 +47,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             canvas_id=self.canvas.pk,
             player_id=self.player_id,
             server=SERVER_ID,
-            ip=_client_ip(self.scope),
+            ip=self.ip,
         )
         self.hub = await registry.hub(self.canvas.pk)
         seq = self.hub.join(self)
@@ -80,6 +90,13 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         )
 
     async def receive(self, text_data: str | None = None, bytes_data=None) -> None:
+        wait = self.bucket.take()
+        if wait > 0:
+            if self.flood.refused():
+                await self.close(code=protocol.CLOSE_TOO_FAST)
+                return
+            await self.reject("rate_limited", exc.MSG_RATE_LIMITED, wait)
+            return
         if text_data is None:
             if bytes_data is not None and len(bytes_data) > protocol.MAX_FRAME_BYTES:
                 await self.close(code=protocol.CLOSE_TOO_LARGE)
@@ -112,6 +129,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 x=request.x,
                 y=request.y,
                 color=request.color,
+                ip=self.ip,
             )
         except exc.PlaceError as error:
             await self.reject(error.code, error.message, error.retry_after)
@@ -151,6 +169,8 @@ def _identify(scope: dict):
     return canvas, player_id, (player.name if player else None), remaining
 
 
-def _client_ip(scope: dict) -> str | None:
-    client = scope.get("client")
-    return client[0] if client else None
+def _connection_allowed(ip: str | None) -> bool:
+    limit = settings.PLACE_MAX_CONNECTIONS_PER_IP
+    if limit <= 0 or not ip:
+        return True
+    return selectors.connections_from(ip=ip) < limit

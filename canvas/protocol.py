@@ -11,7 +11,8 @@ from . import exceptions as exc
 
 MAX_FRAME_BYTES = 16 * 1024
 CLOSE_TOO_LARGE = 4009
-CLOSE_TOO_FAST = 4008
+CLOSE_TOO_FAST = 4008  # a sustained flood of messages
+CLOSE_TOO_MANY = 4029  # too many open sockets from one address (before accept)
 Update = tuple[int, int, int, int]  # (seq, x, y, color)
 
 

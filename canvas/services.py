@@ -19,6 +19,7 @@ from .models import (
     Chunk,
     Connection,
     Cooldown,
+    IpQuota,
     Placement,
     Player,
 )
@@ -199,6 +200,42 @@ def _cooldown_take(*, canvas: Canvas, player_id: int, now: datetime) -> None:
         raise exc.PlaceError("cooldown", exc.MSG_COOLDOWN, retry_after=remaining)
 
 
+def _ip_quota_take(*, canvas: Canvas, ip: str | None, now: datetime) -> None:
+    """Count a placement against its address (PLACE_IP_LIMIT per cooldown period).
+
+    Like the cooldown, one conditional UPDATE decides, so it holds across
+    processes: it either starts a new window or adds to one not yet full.
+    """
+    limit = settings.PLACE_IP_LIMIT
+    if limit <= 0 or not ip:
+        return
+    period = timedelta(seconds=max(canvas.cooldown_seconds, 1))
+    IpQuota.objects.bulk_create(
+        [IpQuota(canvas=canvas, ip=ip, window_start=EPOCH, count=0)],
+        ignore_conflicts=True,
+    )
+    rows = IpQuota.objects.filter(canvas=canvas, ip=ip)
+    expired = rows.filter(window_start__lte=now - period)
+    if expired.update(window_start=now, count=1):
+        return
+    if rows.filter(count__lt=limit).update(count=F("count") + 1):
+        return
+    window_start = rows.values_list("window_start", flat=True).get()
+    retry = (window_start + period - now).total_seconds()
+    raise exc.PlaceError("rate_limited", exc.MSG_IP_LIMIT, retry_after=retry)
+
+
+def _account_age_check(*, player: Player, now: datetime) -> None:
+    """Accounts younger than PLACE_MIN_ACCOUNT_AGE wait, like r/place's cut-off."""
+    minimum = settings.PLACE_MIN_ACCOUNT_AGE
+    if minimum <= 0:
+        return
+    created = player.user.date_joined if player.user_id else player.created_at
+    wait = (created + timedelta(seconds=minimum) - now).total_seconds()
+    if wait > 0:
+        raise exc.PlaceError("cooldown", exc.MSG_ACCOUNT_TOO_NEW, retry_after=wait)
+
+
 def placement_validate(
     *, canvas: Canvas, player: Player | None, x: int, y: int, color: int
 ) -> None:
@@ -216,7 +253,13 @@ def placement_validate(
 
 
 def placement_create(
-    *, canvas_id: int, player_id: int | None, x: int, y: int, color: int
+    *,
+    canvas_id: int,
+    player_id: int | None,
+    x: int,
+    y: int,
+    color: int,
+    ip: str | None = None,
 ) -> PlacementResult:
     """Place one pixel: validate, take the cooldown, write board and history.
 
@@ -225,10 +268,16 @@ def placement_create(
     """
     with transaction.atomic():
         canvas = Canvas.objects.get(pk=canvas_id)
-        player = Player.objects.filter(pk=player_id).first() if player_id else None
+        player = (
+            Player.objects.select_related("user").filter(pk=player_id).first()
+            if player_id
+            else None
+        )
         placement_validate(canvas=canvas, player=player, x=x, y=y, color=color)
         now = timezone.now()
+        _account_age_check(player=player, now=now)
         _cooldown_take(canvas=canvas, player_id=player.pk, now=now)
+        _ip_quota_take(canvas=canvas, ip=ip, now=now)
         seq = seqs_allocate(canvas_id=canvas_id, count=1)
         (previous,) = chunks_apply(canvas_id=canvas_id, changes=[(x, y, color)])
         Placement.objects.create(

@@ -10,7 +10,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from . import exceptions as exc
-from . import selectors, services
+from . import ratelimit, selectors, services
+from .clientip import request_ip
 from .models import PALETTE_2017, PALETTE_2017_NAMES
 
 
@@ -138,7 +139,37 @@ def pixel(request: HttpRequest, canvas, x: str, y: str) -> JsonResponse:
     )
 
 
+MSG_TOO_MANY_ATTEMPTS = "Too many attempts from your address; try again later."
+
+
+def _attempts_allowed(request: HttpRequest, kind: str, limit: int, window: int) -> bool:
+    """Count a POST to an account form against the client's address."""
+    if request.method != "POST":
+        return True
+    key = f"attempts:{kind}:{request_ip(request)}"
+    return ratelimit.hit(key, limit=limit, window=window)
+
+
+def _too_many(request: HttpRequest, template: str, form) -> HttpResponse:
+    context = {"form": form, "throttled": MSG_TOO_MANY_ATTEMPTS}
+    return render(request, template, context, status=429)
+
+
+def login_page(request: HttpRequest) -> HttpResponse:
+    """Django's login view, limited per address (PLACE_LOGIN_LIMIT)."""
+    from django.contrib.auth.forms import AuthenticationForm
+    from django.contrib.auth.views import LoginView
+
+    limit, window = settings.PLACE_LOGIN_LIMIT, settings.PLACE_LOGIN_WINDOW
+    if not _attempts_allowed(request, "login", limit, window):
+        return _too_many(request, "registration/login.html", AuthenticationForm())
+    return LoginView.as_view()(request)
+
+
 def signup(request: HttpRequest) -> HttpResponse:
+    limit, window = settings.PLACE_SIGNUP_LIMIT, settings.PLACE_SIGNUP_WINDOW
+    if not _attempts_allowed(request, "signup", limit, window):
+        return _too_many(request, "registration/signup.html", UserCreationForm())
     if request.method == "POST":
         form = UserCreationForm(request.POST)
         if form.is_valid():

@@ -123,6 +123,16 @@ else:
         }
     }
 
+# The cache holds sign-up and log-in attempt counts; shared through Redis when
+# there is one, so the limits hold across processes.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -172,6 +182,13 @@ PLACE_MESSAGE_RATE = env_float("PLACE_MESSAGE_RATE", 20)
 PLACE_IP_LIMIT = env_int("PLACE_IP_LIMIT", 0)
 PLACE_MAX_CONNECTIONS_PER_IP = env_int("PLACE_MAX_CONNECTIONS_PER_IP", 50)
 PLACE_TRUSTED_PROXIES = env_list("PLACE_TRUSTED_PROXIES", "")
+# Seconds an account (or anonymous session) must exist before it may place.
+PLACE_MIN_ACCOUNT_AGE = env_int("PLACE_MIN_ACCOUNT_AGE", 0)
+# Sign-up and log-in attempts per IP address (per window below).
+PLACE_SIGNUP_LIMIT = env_int("PLACE_SIGNUP_LIMIT", 5)
+PLACE_SIGNUP_WINDOW = env_int("PLACE_SIGNUP_WINDOW", 3600)
+PLACE_LOGIN_LIMIT = env_int("PLACE_LOGIN_LIMIT", 10)
+PLACE_LOGIN_WINDOW = env_int("PLACE_LOGIN_WINDOW", 300)
 # Broadcast tick: how often each process writes one frame to its sockets.
 PLACE_BROADCAST_TICK = env_float("PLACE_BROADCAST_TICK", 0.1)
 # How long a hub waits for a missing seq before reading it from the database.
@@ -179,6 +196,18 @@ PLACE_GAP_TIMEOUT = env_float("PLACE_GAP_TIMEOUT", 1.0)
 # Connection rows not refreshed for this long belong to a dead process.
 PLACE_CONNECTION_STALE_SECONDS = env_int("PLACE_CONNECTION_STALE_SECONDS", 45)
 PLACE_HEARTBEAT_SECONDS = env_float("PLACE_HEARTBEAT_SECONDS", 15)
+# Group commit (canvas/ingest.py): a batch collects placements for this many
+# seconds after its first one (1-3 ms costs little latency and lets PostgreSQL
+# commit hundreds per fsync), up to this many per transaction.
+PLACE_INGEST_WINDOW = env_float("PLACE_INGEST_WINDOW", 0.003)
+PLACE_INGEST_MAX_BATCH = env_int("PLACE_INGEST_MAX_BATCH", 2000)
+# The writer thread closes its database connection after this long idle.
+PLACE_INGEST_IDLE_CLOSE = env_float("PLACE_INGEST_IDLE_CLOSE", 0.05)
+# A socket whose unsent bytes exceed this has fallen behind: it is closed with
+# code 4010 and the client reconnects and refetches the board (docs/protocol.md).
+PLACE_SLOW_CLIENT_BYTES = env_int("PLACE_SLOW_CLIENT_BYTES", 1024 * 1024)
+# Who may read /metrics besides staff users: comma-separated addresses/networks.
+PLACE_METRICS_ALLOW = env_list("PLACE_METRICS_ALLOW", "127.0.0.1,::1")
 
 LOGGING = {
     "version": 1,

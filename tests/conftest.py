@@ -70,15 +70,37 @@ def login_session_key(username: str = "alice") -> str:
     )
 
 
-def communicator(slug: str, *, session_key: str | None = None, headers=None):
+class PeerCommunicator(WebsocketCommunicator):
+    """A WebsocketCommunicator whose scope names the peer address, as daphne's does."""
+
+    def __init__(self, application, path, headers, client):
+        from asgiref.testing import ApplicationCommunicator
+
+        self.scope = {
+            "type": "websocket",
+            "path": path,
+            "query_string": b"",
+            "headers": headers,
+            "subprotocols": [],
+            "client": client,
+        }
+        ApplicationCommunicator.__init__(self, application, self.scope)
+        self.response_headers = None
+
+
+def communicator(
+    slug: str,
+    *,
+    session_key: str | None = None,
+    headers=None,
+    client: tuple[str, int] = ("127.0.0.1", 50000),
+):
     from placeproject.asgi import application
 
     all_headers = list(headers) if headers is not None else [ORIGIN]
     if session_key:
         all_headers.append((b"cookie", f"sessionid={session_key}".encode()))
-    return WebsocketCommunicator(
-        application, f"/ws/canvases/{slug}/", headers=all_headers
-    )
+    return PeerCommunicator(application, f"/ws/canvases/{slug}/", all_headers, client)
 
 
 async def connect(slug: str, **kwargs) -> tuple[WebsocketCommunicator, dict]:
@@ -102,6 +124,14 @@ async def receive_type(client, kind: str, timeout: float = 5) -> dict:
 async def send(client, message) -> None:
     text = message if isinstance(message, str) else json.dumps(message)
     await client.send_to(text_data=text)
+
+
+@pytest.fixture(autouse=True)
+def clear_cache():
+    """Attempt counters live in the cache; each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 @pytest.fixture
