@@ -5,23 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('canvas', '0002_main_canvas'),
+        ("canvas", "0002_main_canvas"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='IpQuota',
+            name="IpQuota",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ip', models.GenericIPAddressField()),
-                ('window_start', models.DateTimeField()),
-                ('count', models.PositiveIntegerField(default=0)),
-                ('canvas', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='canvas.canvas')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("ip", models.GenericIPAddressField()),
+                ("window_start", models.DateTimeField()),
+                ("count", models.PositiveIntegerField(default=0)),
+                (
+                    "canvas",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="canvas.canvas"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('canvas', 'ip'), name='ipquota_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("canvas", "ip"), name="ipquota_unique"
+                    )
+                ],
             },
         ),
     ]
