@@ -140,6 +140,15 @@ class Hub:
         while True:
             await asyncio.sleep(settings.PLACE_GAP_TIMEOUT)
             try:
+                # Rejoining is cheap and idempotent; doing it every period means
+                # a Redis restart (which forgets groups) costs seconds, not hours.
+                await self.rejoin_group()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                broadcast.layer_errors += 1
+                log.warning("group rejoin failed; will retry", exc_info=True)
+            try:
                 await self.check_gaps()
             except asyncio.CancelledError:
                 raise
