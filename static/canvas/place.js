@@ -1,24 +1,27 @@
 // The player page: board, camera, palette, live updates, cooldown.
-// Protocol: docs/protocol.md. No build step; configuration comes from the
-// template through json_script.
+// Protocol: docs/protocol.md; controls: docs/player.md. No build step;
+// configuration comes from the template through json_script.
 (function () {
   'use strict';
 
   const config = JSON.parse(document.getElementById('place-config').textContent);
-  const boardEl = document.querySelector('[data-role="board"]');
+  const $ = function (role) { return document.querySelector('[data-role="' + role + '"]'); };
+  const boardEl = $('board');
   const view = boardEl.querySelector('canvas.view');
   const reticle = boardEl.querySelector('.reticle');
   const ctx = view.getContext('2d', { alpha: false });
-  const statusEl = document.querySelector('[data-role="status"]');
-  const onlineEl = document.querySelector('[data-role="online"]');
-  const cooldownEl = document.querySelector('[data-role="cooldown"]');
-  const coordsEl = document.querySelector('[data-role="coords"]');
-  const messageEl = document.querySelector('[data-role="message"]');
-  const inspectorEl = document.querySelector('[data-role="inspector"]');
-  const resetEl = document.querySelector('[data-role="reset"]');
+  const statusEl = $('status');
+  const onlineEl = $('online');
+  const cooldownEl = $('cooldown');
+  const coordsEl = $('coords');
+  const selectedEl = $('selected');
+  const messageEl = $('message');
+  const inspectorEl = $('inspector');
+  const notifyEl = $('notify');
   const swatches = Array.from(document.querySelectorAll('[data-color]'));
   const api = '/api/canvases/' + encodeURIComponent(config.slug) + '/';
   const baseTitle = document.title;
+  const names = config.paletteNames || [];
 
   // ---- board image: one RGBA pixel per canvas pixel, drawn scaled ----
   let width = config.width;
@@ -28,8 +31,10 @@
   const offctx = offscreen.getContext('2d');
   let image = null;
   let pixels32 = null;
-  let dirty = null; // {x0, y0, x1, y1} region of `image` not yet on `offscreen`
+  let fullUpload = false; // the whole image must go to `offscreen`
+  let changed = [];       // pixel indices changed since the last frame
   let needsDraw = true;
+  let painted = false;    // the first full board has been drawn
 
   function hexToAbgr(hex) {
     const n = parseInt(hex.slice(1), 16);
@@ -42,35 +47,54 @@
     image = offctx.createImageData(w, h);
     pixels32 = new Uint32Array(image.data.buffer);
     pixels32.fill(rgba[0]);
-    dirty = { x0: 0, y0: 0, x1: w, y1: h };
+    fullUpload = true;
   }
 
   function setPixel(x, y, color) {
     if (x < 0 || y < 0 || x >= width || y >= height || rgba[color] === undefined) return;
     pixels32[y * width + x] = rgba[color];
-    if (!dirty) dirty = { x0: x, y0: y, x1: x + 1, y1: y + 1 };
-    else {
-      dirty.x0 = Math.min(dirty.x0, x); dirty.y0 = Math.min(dirty.y0, y);
-      dirty.x1 = Math.max(dirty.x1, x + 1); dirty.y1 = Math.max(dirty.y1, y + 1);
+    if (!fullUpload) changed.push(y * width + x);
+  }
+
+  // Copy changed pixels to the offscreen canvas: a few one by one, many at once.
+  function upload() {
+    if (!fullUpload && changed.length > 4096) fullUpload = true;
+    if (fullUpload) {
+      offctx.putImageData(image, 0, 0);
+    } else {
+      for (let i = 0; i < changed.length; i++) {
+        const idx = changed[i];
+        const x = idx % width;
+        offctx.putImageData(image, 0, 0, x, (idx - x) / width, 1, 1);
+      }
     }
+    fullUpload = false;
+    changed = [];
     needsDraw = true;
   }
 
   // ---- camera: centre (cx, cy) in canvas pixels, zoom z in screen px per pixel ----
   const cam = { cx: width / 2, cy: height / 2, z: 1 };
   const MAX_ZOOM = 64;
-  function minZoom() { return Math.min(1, fitZoom() / 2); }
+  let interacting = false; // a drag or pinch is in progress
+  function boardRect() { return boardEl.getBoundingClientRect(); }
+  // The whole board, clear of the top bar and the toolbar that float over it.
   function fitZoom() {
-    const r = boardEl.getBoundingClientRect();
-    return Math.max(0.05, Math.min(r.width / width, r.height / height) * 0.95);
+    const r = boardRect();
+    const top = document.querySelector('.topbar').getBoundingClientRect().height;
+    const bottom = r.bottom - document.querySelector('.toolbar').getBoundingClientRect().top;
+    const usableH = r.height - 2 * Math.max(top, bottom, 0) - 16;
+    const usableW = r.width - 16;
+    return Math.max(0.05, Math.min(usableW / width, Math.max(usableH, r.height / 3) / height));
   }
+  function minZoom() { return Math.min(1, fitZoom() / 2); }
   function clampCam() {
     cam.z = Math.min(MAX_ZOOM, Math.max(minZoom(), cam.z));
     cam.cx = Math.min(width, Math.max(0, cam.cx));
     cam.cy = Math.min(height, Math.max(0, cam.cy));
   }
   function screenToCanvas(sx, sy) {
-    const r = boardEl.getBoundingClientRect();
+    const r = boardRect();
     return {
       x: (sx - r.left - r.width / 2) / cam.z + cam.cx,
       y: (sy - r.top - r.height / 2) / cam.z + cam.cy,
@@ -86,11 +110,18 @@
     clampCam();
     cameraChanged();
   }
+  function zoomCentre(factor) {
+    const r = boardRect();
+    zoomAt(r.left + r.width / 2, r.top + r.height / 2, factor);
+  }
   function resetView() {
     cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom();
     cameraChanged();
   }
 
+  // The address names a pixel and a zoom (contract: ?x=X&y=Y&z=Z). When the
+  // camera comes to rest it settles on that pixel's centre, so the address
+  // reopens exactly the view the player sees.
   function readUrl() {
     const q = new URLSearchParams(location.search);
     const x = parseFloat(q.get('x')), y = parseFloat(q.get('y')), z = parseFloat(q.get('z'));
@@ -100,58 +131,106 @@
     clampCam();
     return true;
   }
-  let urlTimer = null;
-  function writeUrl() {
-    clearTimeout(urlTimer);
-    urlTimer = setTimeout(function () {
-      const q = new URLSearchParams(location.search);
-      q.set('x', String(Math.floor(cam.cx)));
-      q.set('y', String(Math.floor(cam.cy)));
-      q.set('z', String(Math.round(cam.z * 100) / 100));
-      history.replaceState(null, '', location.pathname + '?' + q.toString());
-    }, 150);
+  let settleTimer = null;
+  let settleTarget = null;
+  function cameraChanged() {
+    needsDraw = true;
+    settleTarget = null;
+    clearTimeout(settleTimer);
+    settleTimer = setTimeout(settle, 150);
   }
-  function cameraChanged() { needsDraw = true; writeUrl(); }
+  function settle() {
+    if (interacting) { settleTimer = setTimeout(settle, 150); return; }
+    settleTarget = {
+      cx: Math.floor(cam.cx) + 0.5,
+      cy: Math.floor(cam.cy) + 0.5,
+      z: Math.round(cam.z * 100) / 100,
+    };
+    needsDraw = true;
+  }
+  function stepSettle() {
+    const t = settleTarget;
+    const dx = t.cx - cam.cx, dy = t.cy - cam.cy, dz = t.z - cam.z;
+    if (Math.abs(dx * cam.z) < 0.5 && Math.abs(dy * cam.z) < 0.5 && Math.abs(dz) < 0.01) {
+      cam.cx = t.cx; cam.cy = t.cy; cam.z = t.z;
+      settleTarget = null;
+      writeUrl();
+    } else {
+      cam.cx += dx * 0.4; cam.cy += dy * 0.4; cam.z += dz * 0.4;
+    }
+    needsDraw = true;
+  }
+  function writeUrl() {
+    const q = new URLSearchParams(location.search);
+    q.set('x', String(Math.floor(cam.cx)));
+    q.set('y', String(Math.floor(cam.cy)));
+    q.set('z', String(Math.round(cam.z * 100) / 100));
+    history.replaceState(null, '', location.pathname + '?' + q.toString());
+  }
 
   // ---- drawing, once per animation frame at most ----
   function sizeView() {
-    const r = boardEl.getBoundingClientRect();
+    const r = boardRect();
     const dpr = window.devicePixelRatio || 1;
     view.width = Math.max(1, Math.round(r.width * dpr));
     view.height = Math.max(1, Math.round(r.height * dpr));
     needsDraw = true;
   }
   function frame() {
-    if (dirty && image) {
-      offctx.putImageData(image, 0, 0, dirty.x0, dirty.y0, dirty.x1 - dirty.x0, dirty.y1 - dirty.y0);
-      dirty = null;
-    }
+    if (settleTarget) stepSettle();
+    if (fullUpload || changed.length) upload();
     if (needsDraw) {
       needsDraw = false;
-      const dpr = window.devicePixelRatio || 1;
-      ctx.setTransform(1, 0, 0, 1, 0, 0);
-      ctx.fillStyle = '#2a2d33';
-      ctx.fillRect(0, 0, view.width, view.height);
-      ctx.imageSmoothingEnabled = false;
-      const z = cam.z * dpr;
-      ctx.setTransform(z, 0, 0, z, view.width / 2 - cam.cx * z, view.height / 2 - cam.cy * z);
-      ctx.drawImage(offscreen, 0, 0);
-      positionReticle();
+      draw();
+      if (!painted && appliedSeq >= 0) {
+        painted = true;
+        // Marked in the next frame, once this one has reached the screen.
+        requestAnimationFrame(function () {
+          performance.mark('place:first-paint');
+          performance.measure('place:first-paint', { start: 0, end: 'place:first-paint' });
+        });
+      }
     }
     requestAnimationFrame(frame);
   }
+  function draw() {
+    const dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = '#2a2d33';
+    ctx.fillRect(0, 0, view.width, view.height);
+    ctx.imageSmoothingEnabled = false; // crisp pixels at every zoom
+    const z = cam.z * dpr;
+    ctx.setTransform(z, 0, 0, z, view.width / 2 - cam.cx * z, view.height / 2 - cam.cy * z);
+    ctx.drawImage(offscreen, 0, 0);
+    positionReticle();
+    showCoords();
+  }
 
+  // The reticle marks the pixel a click would act on: under the mouse, or the
+  // centre pixel for keyboard and touch players.
   let hover = null;
+  let keyboardCursor = false;
+  function target() {
+    if (hover) return hover;
+    if (keyboardCursor) return { x: Math.floor(cam.cx), y: Math.floor(cam.cy) };
+    return null;
+  }
   function positionReticle() {
-    if (!hover || selected === null) { reticle.hidden = true; return; }
-    const r = boardEl.getBoundingClientRect();
-    const left = (hover.x - cam.cx) * cam.z + r.width / 2;
-    const top = (hover.y - cam.cy) * cam.z + r.height / 2;
+    const t = target();
+    if (!t) { reticle.hidden = true; return; }
+    const r = boardRect();
+    const size = Math.max(cam.z, 6);
     reticle.hidden = false;
-    reticle.style.left = left + 'px';
-    reticle.style.top = top + 'px';
-    reticle.style.width = Math.max(cam.z, 4) + 'px';
-    reticle.style.height = Math.max(cam.z, 4) + 'px';
+    reticle.style.transform = 'translate(' +
+      ((t.x + 0.5 - cam.cx) * cam.z + r.width / 2 - size / 2) + 'px,' +
+      ((t.y + 0.5 - cam.cy) * cam.z + r.height / 2 - size / 2) + 'px)';
+    reticle.style.width = size + 'px';
+    reticle.style.height = size + 'px';
+    reticle.style.setProperty('--preview', selected === null ? 'transparent' : config.palette[selected]);
+  }
+  function showCoords() {
+    const t = target() || { x: Math.floor(cam.cx), y: Math.floor(cam.cy) };
+    coordsEl.textContent = '(' + t.x + ', ' + t.y + ')  ×' + (Math.round(cam.z * 10) / 10);
   }
 
   // ---- live state: board snapshot plus the seq-ordered stream ----
@@ -173,13 +252,14 @@
         if (bytes.length !== width * height) {
           const meta = await (await fetch(api, { cache: 'no-store' })).json();
           resizeBoard(meta.width, meta.height);
+          clampCam();
         }
         for (let i = 0; i < bytes.length; i++) pixels32[i] = rgba[bytes[i]] || rgba[0];
-        dirty = { x0: 0, y0: 0, x1: width, y1: height };
-        needsDraw = true;
+        fullUpload = true;
+        changed = [];
         etag = response.headers.get('ETag');
         appliedSeq = parseInt(response.headers.get('X-Canvas-Seq'), 10);
-        performance.mark('place:board-painted');
+        if (!painted) performance.mark('place:board-decoded');
       } else {
         throw new Error('board request failed: ' + response.status);
       }
@@ -211,32 +291,78 @@
     }
   }
 
-  // ---- cooldown ----
+  // ---- cooldown, with an opt-in notification and beep when it ends ----
   let cooldownEnds = 0;
   let canPlace = false;
+  let wasWaiting = false;
   function setCooldown(seconds) {
     cooldownEnds = Date.now() + Math.max(0, seconds) * 1000;
     tickCooldown();
   }
+  function clock(ms) {
+    const s = Math.ceil(ms / 1000);
+    return Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0');
+  }
   function tickCooldown() {
     const left = Math.max(0, cooldownEnds - Date.now());
+    cooldownEl.classList.toggle('ready', canPlace && left <= 0);
     if (!canPlace) {
       cooldownEl.textContent = config.requireLogin && !config.player ? 'Log in to place' : 'Watching';
-      cooldownEl.classList.remove('ready');
       document.title = baseTitle;
     } else if (left <= 0) {
       cooldownEl.textContent = 'Ready';
-      cooldownEl.classList.add('ready');
       document.title = baseTitle;
+      if (wasWaiting) cooldownEnded();
     } else {
-      const s = Math.ceil(left / 1000);
-      const text = Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0');
-      cooldownEl.textContent = text;
-      cooldownEl.classList.remove('ready');
-      document.title = '(' + text + ') ' + baseTitle;
+      cooldownEl.textContent = clock(left);
+      document.title = '(' + clock(left) + ') ' + baseTitle;
     }
+    wasWaiting = canPlace && left > 0;
   }
   setInterval(tickCooldown, 250);
+
+  let alerts = localStorage.getItem('place:alerts') === 'on';
+  let audio = null;
+  function showAlerts() {
+    notifyEl.setAttribute('aria-pressed', String(alerts));
+    notifyEl.textContent = alerts ? 'Alert: on' : 'Alert me';
+  }
+  notifyEl.addEventListener('click', function () {
+    alerts = !alerts;
+    localStorage.setItem('place:alerts', alerts ? 'on' : 'off');
+    showAlerts();
+    if (!alerts) return;
+    // Both need this user gesture: the audio context and the permission prompt.
+    if (!audio && window.AudioContext) audio = new AudioContext();
+    if (audio && audio.state === 'suspended') audio.resume();
+    if ('Notification' in window && Notification.permission === 'default') {
+      Notification.requestPermission();
+    }
+    showMessage('You will hear a beep' +
+      ('Notification' in window ? ' and get a notification' : '') +
+      ' when you can place again.', 'info');
+  });
+  function cooldownEnded() {
+    if (!alerts) return;
+    beep();
+    if ('Notification' in window && Notification.permission === 'granted' && document.hidden) {
+      try {
+        new Notification(baseTitle, { body: 'You can place a pixel again.', tag: 'place-cooldown' });
+      } catch (err) { /* some browsers allow notifications only from a service worker */ }
+    }
+  }
+  function beep() {
+    if (!audio) return;
+    const osc = audio.createOscillator();
+    const gain = audio.createGain();
+    osc.frequency.value = 880;
+    gain.gain.setValueAtTime(0.0001, audio.currentTime);
+    gain.gain.exponentialRampToValueAtTime(0.2, audio.currentTime + 0.01);
+    gain.gain.exponentialRampToValueAtTime(0.0001, audio.currentTime + 0.25);
+    osc.connect(gain).connect(audio.destination);
+    osc.start();
+    osc.stop(audio.currentTime + 0.3);
+  }
 
   // ---- messages ----
   let messageTimer = null;
@@ -247,21 +373,31 @@
     clearTimeout(messageTimer);
     messageTimer = setTimeout(function () { messageEl.hidden = true; }, 4000);
   }
+  function rejection(msg) {
+    if (msg.code === 'cooldown' && msg.retry_after !== null) {
+      return 'Not yet: you can place again in ' + clock(msg.retry_after * 1000) + '.';
+    }
+    if (msg.code === 'login_required') return 'Log in or sign up to place pixels.';
+    return msg.message || ('Refused: ' + msg.code);
+  }
 
   // ---- socket with reconnect (exponential backoff, jitter) ----
   let socket = null;
   let attempts = 0;
+  function setStatus(text, state) {
+    statusEl.textContent = text;
+    statusEl.dataset.state = state;
+    statusEl.classList.toggle('live', state === 'live');
+  }
   function connect() {
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     socket = new WebSocket(scheme + location.host + '/ws/canvases/' + encodeURIComponent(config.slug) + '/');
-    statusEl.textContent = 'connecting…';
-    statusEl.classList.remove('live');
+    setStatus(attempts ? 'reconnecting…' : 'connecting…', 'connecting');
     socket.onmessage = function (event) { onMessage(JSON.parse(event.data)); };
     socket.onclose = function () {
-      statusEl.textContent = 'offline, reconnecting…';
-      statusEl.classList.remove('live');
       const delay = Math.min(30000, 500 * Math.pow(2, attempts)) * (0.5 + Math.random());
       attempts += 1;
+      setStatus('offline, retrying in ' + Math.ceil(delay / 1000) + ' s', 'offline');
       setTimeout(connect, delay);
     };
   }
@@ -270,8 +406,7 @@
     switch (msg.type) {
       case 'hello':
         attempts = 0;
-        statusEl.textContent = 'live';
-        statusEl.classList.add('live');
+        setStatus('live', 'live');
         canPlace = msg.can_place;
         setCooldown(msg.cooldown_remaining);
         // After a reconnect anything may have been missed: resync from a snapshot.
@@ -286,13 +421,13 @@
         break;
       case 'rejected':
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
-        showMessage(msg.message);
+        showMessage(rejection(msg));
         break;
       case 'online':
         onlineEl.textContent = msg.count + ' online';
         break;
       case 'canvas':
-        if (!msg.open) showMessage('The canvas is paused by the moderators.', 'info');
+        if (msg.open === false) showMessage('The canvas is paused by the moderators.', 'info');
         break;
       default:
         break; // unknown types are for newer clients
@@ -300,7 +435,7 @@
   }
 
   function place(x, y) {
-    if (selected === null) return;
+    if (selected === null) { showMessage('Pick a colour first.', 'info'); return; }
     if (!canPlace) {
       showMessage(config.requireLogin ? 'Log in or sign up to place pixels.' : 'Connecting…', 'info');
       return;
@@ -309,31 +444,67 @@
       showMessage('Not connected; reconnecting…', 'info');
       return;
     }
+    const left = cooldownEnds - Date.now();
+    if (left > 0) { showMessage('Not yet: you can place again in ' + clock(left) + '.'); return; }
     socket.send(JSON.stringify({ type: 'place', x: x, y: y, color: selected }));
   }
 
-  async function inspect(x, y) {
-    try {
-      const info = await (await fetch(api + 'pixels/' + x + '/' + y)).json();
-      const who = info.placed_by ? info.placed_by : 'nobody yet';
-      const when = info.placed_at ? new Date(info.placed_at).toLocaleString() : '';
-      inspectorEl.textContent = '(' + x + ', ' + y + '): ' + (config.paletteNames[info.color] || info.color) +
-        ', placed by ' + who + (when ? ' at ' + when : '');
-      inspectorEl.hidden = false;
-    } catch (err) { /* ignore: the inspector is best-effort */ }
+  // ---- pixel inspector: who placed a pixel, and when ----
+  function ago(date) {
+    const s = Math.max(0, Math.round((Date.now() - date.getTime()) / 1000));
+    if (s < 60) return s + ' s ago';
+    if (s < 3600) return Math.floor(s / 60) + ' min ago';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ago';
+    return Math.floor(s / 86400) + ' days ago';
   }
+  async function inspect(x, y) {
+    let info;
+    try {
+      const response = await fetch(api + 'pixels/' + x + '/' + y, { cache: 'no-store' });
+      if (!response.ok) return;
+      info = await response.json();
+    } catch (err) { return; } // best-effort: offline, say
+    const body = inspectorEl.querySelector('.body');
+    body.replaceChildren();
+    const swatch = document.createElement('span');
+    swatch.className = 'chip';
+    swatch.style.background = config.palette[info.color] || '#000';
+    const line = document.createElement('strong');
+    line.textContent = '(' + x + ', ' + y + ') ' + (names[info.color] || 'colour ' + info.color);
+    const who = document.createElement('div');
+    if (info.placed_by) {
+      const when = new Date(info.placed_at);
+      who.textContent = 'placed by ' + info.placed_by + ', ' + ago(when);
+      who.title = when.toLocaleString();
+    } else {
+      who.textContent = 'never placed';
+    }
+    body.append(swatch, line, who);
+    inspectorEl.hidden = false;
+  }
+  inspectorEl.querySelector('.close').addEventListener('click', function () {
+    inspectorEl.hidden = true;
+  });
 
-  // ---- palette ----
+  // ---- palette: buttons with colour names; arrow keys move between them ----
   let selected = null;
   function select(index) {
     selected = selected === index ? null : index;
     swatches.forEach(function (b) {
       b.setAttribute('aria-pressed', String(Number(b.dataset.color) === selected));
     });
+    selectedEl.textContent = selected === null ? 'No colour: click a pixel to inspect it'
+      : 'Colour: ' + (names[selected] || selected);
     needsDraw = true;
   }
-  swatches.forEach(function (b) {
+  swatches.forEach(function (b, i) {
     b.addEventListener('click', function () { select(Number(b.dataset.color)); });
+    b.addEventListener('keydown', function (e) {
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
+      if (!step) return;
+      e.preventDefault();
+      swatches[(i + step + swatches.length) % swatches.length].focus();
+    });
   });
 
   // ---- pointer input: a click places, a drag pans, two fingers pinch ----
@@ -343,18 +514,22 @@
   let pinchDistance = 0;
   const DRAG_THRESHOLD = 6;
 
+  function pixelAt(sx, sy) {
+    const p = screenToCanvas(sx, sy);
+    const x = Math.floor(p.x), y = Math.floor(p.y);
+    return x >= 0 && y >= 0 && x < width && y < height ? { x: x, y: y } : null;
+  }
   boardEl.addEventListener('pointerdown', function (e) {
+    if (e.button !== undefined && e.button > 0) return;
     boardEl.setPointerCapture(e.pointerId);
+    keyboardCursor = false;
     pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
     if (pointers.size === 1) { dragged = false; downAt = { x: e.clientX, y: e.clientY }; }
     if (pointers.size === 2) { dragged = true; pinchDistance = distance(); }
+    interacting = true;
   });
   boardEl.addEventListener('pointermove', function (e) {
-    const p = screenToCanvas(e.clientX, e.clientY);
-    hover = { x: Math.floor(p.x), y: Math.floor(p.y) };
-    if (hover.x >= 0 && hover.y >= 0 && hover.x < width && hover.y < height) {
-      coordsEl.textContent = '(' + hover.x + ', ' + hover.y + ')';
-    } else { hover = null; }
+    hover = e.pointerType === 'mouse' ? pixelAt(e.clientX, e.clientY) : null;
     needsDraw = true;
     const prev = pointers.get(e.pointerId);
     if (!prev) return;
@@ -378,15 +553,17 @@
     }
     pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
   });
+  boardEl.addEventListener('pointerleave', function () { hover = null; needsDraw = true; });
   function pointerEnd(e) {
     if (!pointers.has(e.pointerId)) return;
     pointers.delete(e.pointerId);
     boardEl.classList.remove('dragging');
-    if (pointers.size === 0 && !dragged && e.type === 'pointerup') {
-      const p = screenToCanvas(e.clientX, e.clientY);
-      const x = Math.floor(p.x), y = Math.floor(p.y);
-      if (x >= 0 && y >= 0 && x < width && y < height) {
-        if (selected !== null) place(x, y); else inspect(x, y);
+    if (pointers.size === 0) {
+      interacting = false;
+      if (!dragged && e.type === 'pointerup') {
+        const p = pixelAt(e.clientX, e.clientY);
+        if (p && selected !== null) place(p.x, p.y);
+        else if (p) inspect(p.x, p.y);
       }
     }
     if (pointers.size < 2) pinchDistance = 0;
@@ -395,7 +572,8 @@
   boardEl.addEventListener('pointercancel', pointerEnd);
   boardEl.addEventListener('wheel', function (e) {
     e.preventDefault();
-    zoomAt(e.clientX, e.clientY, Math.exp(-e.deltaY * 0.0015));
+    const delta = e.deltaMode === 1 ? e.deltaY * 40 : e.deltaY;
+    zoomAt(e.clientX, e.clientY, Math.exp(-Math.max(-300, Math.min(300, delta)) * 0.002));
   }, { passive: false });
   function distance() {
     const [a, b] = Array.from(pointers.values());
@@ -406,21 +584,36 @@
     return { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 };
   }
 
-  // ---- keyboard: arrows pan, + and - zoom, digits pick colours, Enter places ----
+  // ---- keyboard: arrows pan, + and - zoom, Enter places, I inspects ----
   boardEl.addEventListener('keydown', function (e) {
-    const step = 40 / cam.z;
-    const r = boardEl.getBoundingClientRect();
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const step = Math.max(1, Math.round((e.shiftKey ? 160 : 40) / cam.z));
     const keys = {
-      ArrowLeft: function () { cam.cx -= step; }, ArrowRight: function () { cam.cx += step; },
-      ArrowUp: function () { cam.cy -= step; }, ArrowDown: function () { cam.cy += step; },
-      '+': function () { zoomAt(r.left + r.width / 2, r.top + r.height / 2, 1.5); },
-      '=': function () { zoomAt(r.left + r.width / 2, r.top + r.height / 2, 1.5); },
-      '-': function () { zoomAt(r.left + r.width / 2, r.top + r.height / 2, 1 / 1.5); },
+      ArrowLeft: function () { cam.cx -= step; cameraChanged(); },
+      ArrowRight: function () { cam.cx += step; cameraChanged(); },
+      ArrowUp: function () { cam.cy -= step; cameraChanged(); },
+      ArrowDown: function () { cam.cy += step; cameraChanged(); },
+      '+': function () { zoomCentre(1.5); },
+      '=': function () { zoomCentre(1.5); },
+      '-': function () { zoomCentre(1 / 1.5); },
+      '0': resetView,
       Enter: function () { place(Math.floor(cam.cx), Math.floor(cam.cy)); },
+      ' ': function () { place(Math.floor(cam.cx), Math.floor(cam.cy)); },
+      i: function () { inspect(Math.floor(cam.cx), Math.floor(cam.cy)); },
+      Escape: function () { inspectorEl.hidden = true; if (selected !== null) select(selected); },
     };
-    if (keys[e.key]) { e.preventDefault(); keys[e.key](); clampCam(); cameraChanged(); }
+    if (!keys[e.key]) return;
+    e.preventDefault();
+    keyboardCursor = true;
+    hover = null;
+    keys[e.key]();
+    clampCam();
+    needsDraw = true;
   });
-  resetEl.addEventListener('click', resetView);
+  boardEl.addEventListener('blur', function () { keyboardCursor = false; needsDraw = true; });
+  $('reset').addEventListener('click', resetView);
+  $('zoom-in').addEventListener('click', function () { zoomCentre(2); });
+  $('zoom-out').addEventListener('click', function () { zoomCentre(0.5); });
   window.addEventListener('resize', function () { sizeView(); clampCam(); });
 
   // ---- start ----
@@ -428,9 +621,9 @@
   sizeView();
   if (!readUrl()) { cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom(); }
   writeUrl();
+  select(null);
+  showAlerts();
   tickCooldown();
   requestAnimationFrame(frame);
   connect();
-  // Exposed for debugging in the console only; tests read the screen.
-  window.place = { cam: cam, get seq() { return appliedSeq; } };
 })();

@@ -1,0 +1,355 @@
+"""The player page in a real Chromium, driven by Playwright, against live daphne.
+
+Colours are read from screenshots at screen positions computed from the
+contract (the view's centre is the centre of the `data-role="board"` box, the
+address says which pixel is there and at what zoom), never from page state.
+"""
+
+import asyncio
+import concurrent.futures
+import io
+import os
+import re
+import shutil
+import time
+import urllib.request
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+
+from . import services_available as svc
+from .live import make_stack
+from .wsclient import Player, anonymous_cookie
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("PLACE_CHROMIUM", "/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PALETTE_WHITE = (255, 255, 255)
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {
+    "viewport": {"width": 375, "height": 667},
+    "has_touch": True,
+    "is_mobile": True,
+    "device_scale_factor": 2,
+}
+
+
+def run_async(coroutine):
+    """Run a wsclient coroutine beside Playwright's own event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=60)
+
+
+def hex_rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+# ---- fixtures: one browser and one live stack for the module ----
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        message = f"Chromium not found at {CHROMIUM}; install Debian's chromium"
+        if svc.in_ci():
+            pytest.fail(f"{message}; CI must provide it", pytrace=False)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=LAUNCH_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = make_stack(tmp_path_factory.mktemp("browser"))
+    try:
+        for slug, size, cooldown in [
+            ("t", 64, 3),
+            ("zoom", 64, 3),
+            ("drag", 64, 3),
+            ("phone", 64, 3),
+        ]:
+            stack.manage(
+                "createcanvas",
+                slug,
+                "--width",
+                str(size),
+                "--height",
+                str(size),
+                "--cooldown",
+                str(cooldown),
+            )
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Errors(list):
+    """Console errors and uncaught exceptions of every page opened in a test."""
+
+    def watch(self, page) -> None:
+        page.on(
+            "console",
+            lambda m: self.append(f"console: {m.text}") if m.type == "error" else None,
+        )
+        page.on("pageerror", lambda e: self.append(f"pageerror: {e}"))
+
+
+@pytest.fixture
+def errors():
+    seen = Errors()
+    yield seen
+    assert list(seen) == [], "the page logged errors"
+
+
+@pytest.fixture
+def open_page(browser, errors):
+    contexts = []
+
+    def open_(url: str, **context_options):
+        context = browser.new_context(**({"viewport": DESKTOP} | context_options))
+        contexts.append(context)
+        page = context.new_page()
+        errors.watch(page)
+        page.goto(url)
+        wait_live(page)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+# ---- reading the screen ----
+
+
+def wait_live(page, timeout: float = 10) -> None:
+    page.wait_for_selector('[data-role="status"].live', timeout=timeout * 1000)
+
+
+def view_of(page) -> tuple[float, float, float]:
+    """The (x, y, z) the address currently names."""
+    query = parse_qs(urlsplit(page.url).query)
+    return float(query["x"][0]), float(query["y"][0]), float(query["z"][0])
+
+
+def wait_view(page, predicate=lambda v: True, timeout: float = 5):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = view_of(page)
+            if predicate(v):
+                return v
+        except KeyError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"address never matched: {page.url}")
+        page.wait_for_timeout(50)
+
+
+def screen_point(page, x: int, y: int) -> tuple[float, float]:
+    """Where the centre of canvas pixel (x, y) is on screen, from the address."""
+    cx, cy, z = view_of(page)
+    box = page.locator('[data-role="board"]').bounding_box()
+    return (
+        box["x"] + box["width"] / 2 + (x - int(cx)) * z,
+        box["y"] + box["height"] / 2 + (y - int(cy)) * z,
+    )
+
+
+def screenshot(page) -> Image.Image:
+    png = page.screenshot(scale="css", animations="disabled")
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def colours_at(page, pixels: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    image = screenshot(page)
+    points = [screen_point(page, x, y) for x, y in pixels]
+    return [image.getpixel((int(px), int(py))) for px, py in points]
+
+
+def wait_colours(page, expected: dict, timeout: float = 10) -> None:
+    """Wait until each canvas pixel in `expected` shows its RGB on screen."""
+    deadline = time.monotonic() + timeout
+    pixels = list(expected)
+    while True:
+        seen = colours_at(page, pixels)
+        wrong = {p: s for p, s in zip(pixels, seen, strict=True) if s != expected[p]}
+        if not wrong:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"screen differs at {wrong} from {expected}")
+        page.wait_for_timeout(100)
+
+
+def palette(server_url: str, slug: str) -> list[tuple[int, int, int]]:
+    import json
+
+    with urllib.request.urlopen(f"{server_url}/api/canvases/{slug}/") as r:
+        return [hex_rgb(c) for c in json.loads(r.read())["palette"]]
+
+
+def board_bytes(server_url: str, slug: str) -> bytes:
+    with urllib.request.urlopen(f"{server_url}/api/canvases/{slug}/board") as r:
+        return r.read()
+
+
+def click_pixel(page, x: int, y: int) -> None:
+    px, py = screen_point(page, x, y)
+    page.mouse.click(px, py)
+
+
+# ---- the tests ----
+
+
+def test_a_click_places_and_another_player_sees_it_drawn(stack, open_page):
+    url = stack.servers[0].url
+    colours = palette(url, "t")
+    alice = open_page(f"{url}/c/t/?x=32&y=32&z=8")
+    bob = open_page(f"{url}/c/t/?x=20&y=30&z=5")
+    wait_colours(bob, {(10, 12): PALETTE_WHITE})
+
+    alice.locator('[data-color="5"]').click()
+    assert alice.locator('[data-color="5"]').get_attribute("aria-pressed") == "true"
+    click_pixel(alice, 10, 12)
+
+    wait_colours(bob, {(10, 12): colours[5], (11, 12): PALETTE_WHITE})
+    wait_colours(alice, {(10, 12): colours[5]})
+    assert board_bytes(url, "t")[12 * 64 + 10] == 5
+
+
+def test_cooldown_counts_down_on_the_page_and_in_the_title(stack, open_page):
+    page = open_page(f"{stack.servers[0].url}/c/t/?x=32&y=32&z=8")
+    cooldown = page.locator('[data-role="cooldown"]')
+    assert "ready" in cooldown.inner_text().lower()
+    page.locator('[data-color="3"]').click()
+    click_pixel(page, 40, 40)
+    page.wait_for_function(
+        "el => /0:0[23]/.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    first = cooldown.inner_text()
+    assert re.search(r"0:0[23]", page.title())
+    page.wait_for_function(
+        "([el, t]) => el.textContent !== t && /0:0[12]/.test(el.textContent)",
+        arg=[cooldown.element_handle(), first],
+    )
+    page.wait_for_function(
+        "el => /ready/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    assert not re.search(r"\d:\d\d", page.title())
+
+
+def test_zoom_and_pan_change_the_view_and_the_address_restores_it(
+    stack, open_page, browser
+):
+    url = stack.servers[0].url
+    colours = palette(url, "zoom")
+
+    async def paint():
+        async with Player(stack.servers[0].ws, "zoom", anonymous_cookie(url)) as p:
+            assert (await p.place(30, 30, 5))["type"] == "accepted"
+
+    run_async(paint())
+    page = open_page(f"{url}/c/zoom/")
+    x0, y0, z0 = wait_view(page)
+    box = page.locator('[data-role="board"]').bounding_box()
+    assert z0 * 64 <= min(box["width"], box["height"])  # the whole board fits
+
+    # Wheel zoom towards the pointer: the pixel under it stays under it.
+    px, py = screen_point(page, 30, 30)
+    page.mouse.move(px, py)
+    for _ in range(12):
+        page.mouse.wheel(0, -300)
+        page.wait_for_timeout(20)
+    x1, y1, z1 = wait_view(page, lambda v: v[2] >= 40)
+    page.mouse.move(5, 400)  # the reticle follows the mouse: out of the way
+    wait_colours(page, {(30, 30): colours[5], (31, 30): PALETTE_WHITE})
+    image = screenshot(page)
+    sx, sy = screen_point(page, 30, 30)
+    # Crisp: the whole block is the colour, right up to its edges.
+    half = z1 / 2 - 2
+    for dx, dy in [(-half, -half), (half, half), (-half, half), (half, -half)]:
+        assert image.getpixel((int(sx + dx), int(sy + dy))) == colours[5]
+    assert image.getpixel((int(sx + z1 / 2 + 2), int(sy))) == PALETTE_WHITE
+    assert abs(sx - px) <= z1 and abs(sy - py) <= z1
+
+    # Drag pans: the address follows.
+    page.mouse.move(640, 400)
+    page.mouse.down()
+    page.mouse.move(540, 350, steps=8)
+    page.mouse.up()
+    x2, y2, z2 = wait_view(page, lambda v: (v[0], v[1]) != (x1, y1))
+    page.mouse.move(5, 400)
+    assert x2 > x1 and y2 > y1 and z2 == z1
+
+    # Reopening the address shows the same view.
+    shared = page.url
+    again = open_page(shared)
+    assert view_of(again) == (x2, y2, z2)
+    wait_colours(again, {(30, 30): colours[5]})
+    box = page.locator('[data-role="board"]').bounding_box()
+    clip = {"x": box["width"] / 2 - 100, "y": box["height"] / 2 - 100}
+    clip |= {"width": 200, "height": 200}
+    assert page.screenshot(clip=clip) == again.screenshot(clip=clip)
+
+    # Reset view shows the whole board again.
+    page.locator('[data-role="reset"]').click()
+    wait_view(page, lambda v: v[2] * 64 <= box["height"])
+
+
+def test_keyboard_pans_and_zooms(stack, open_page):
+    page = open_page(f"{stack.servers[0].url}/c/zoom/?x=32&y=32&z=8")
+    page.locator('[data-role="board"]').focus()
+    page.keyboard.press("+")
+    wait_view(page, lambda v: v[2] > 8)
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    wait_view(page, lambda v: v[0] > 32 and v[1] > 32)
+    page.keyboard.press("-")
+    page.keyboard.press("-")
+    wait_view(page, lambda v: v[2] < 8)
+
+
+def test_a_drag_pans_and_never_places(stack, open_page):
+    url = stack.servers[0].url
+    page = open_page(f"{url}/c/drag/?x=32&y=32&z=8")
+    page.locator('[data-color="7"]').click()
+    before = view_of(page)
+    sx, sy = screen_point(page, 32, 32)
+    page.mouse.move(sx, sy)
+    page.mouse.down()
+    page.mouse.move(sx + 30, sy + 10, steps=5)
+    page.mouse.move(sx + 60, sy + 20, steps=5)
+    page.mouse.up()
+    wait_view(page, lambda v: v != before)
+    page.wait_for_timeout(500)
+    assert set(board_bytes(url, "drag")) == {0}
+    assert "ready" in page.locator('[data-role="cooldown"]').inner_text().lower()
+
+
+def test_a_phone_places_by_tap_with_palette_and_cooldown_in_reach(stack, open_page):
+    url = stack.servers[0].url
+    colours = palette(url, "phone")
+    page = open_page(f"{url}/c/phone/?x=32&y=32&z=6", **PHONE)
+    for role in ['[data-color="0"]', '[data-color="15"]', '[data-role="cooldown"]']:
+        box = page.locator(role).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375, role
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 667, role
+        if role.startswith("[data-color"):
+            assert box["width"] >= 32 and box["height"] >= 32, "big enough to tap"
+    page.locator('[data-color="13"]').tap()
+    px, py = screen_point(page, 33, 30)
+    page.touchscreen.tap(px, py)
+    wait_colours(page, {(33, 30): colours[13], (32, 30): PALETTE_WHITE})
+    assert board_bytes(url, "phone")[30 * 64 + 33] == 13
+    page.wait_for_function(
+        "el => /0:0\\d/.test(el.textContent)",
+        arg=page.locator('[data-role="cooldown"]').element_handle(),
+    )
