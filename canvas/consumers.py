@@ -1,6 +1,7 @@
 """The WebSocket endpoint: parse, call a service, reply. No ORM here."""
 
 import logging
+import uuid
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -17,7 +18,13 @@ log = logging.getLogger("canvas.consumer")
 
 
 class CanvasConsumer(AsyncWebsocketConsumer):
+    # No channel-layer channel per socket: broadcasts reach sockets through the
+    # process's hub (canvas/hub.py). This keeps the layer's load per process, not
+    # per socket, and a Redis outage cannot crash every open socket.
+    channel_layer_alias = "no-layer-per-socket"
+
     async def connect(self) -> None:
+        self.channel_name = f"{SERVER_ID}!{uuid.uuid4().hex}"
         self.player_id: int | None = None
         self.player_name: str | None = None
         self.hub = None
