@@ -220,6 +220,8 @@ LOGGING = {
         "canvas": {
             "handlers": ["console"],
             "level": os.environ.get("PLACE_LOG_LEVEL", "INFO"),
+            # daphne configures the root logger too; don't print every line twice.
+            "propagate": False,
         },
     },
 }
