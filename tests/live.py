@@ -135,8 +135,14 @@ def make_stack(
     redis: bool = False,
     servers: int = 1,
     env: dict | None = None,
+    redis_url: str | None = None,
+    postgres_port: int | None = None,
 ) -> Stack:
-    """Migrate a fresh database and start `servers` daphne processes on it."""
+    """Migrate a fresh database and start `servers` daphne processes on it.
+
+    `redis_url` points the servers at a private Redis; `postgres_port` makes
+    them reach PostgreSQL through another port (a proxy a test can cut).
+    """
     base = {
         k: v
         for k, v in os.environ.items()
@@ -154,10 +160,15 @@ def make_stack(
     try:
         if database == "postgres":
             svc.require_postgres()
-            base["DATABASE_URL"] = postgres_database(stack)
+            url = postgres_database(stack)
+            if postgres_port:
+                url = url.replace(f":{svc.POSTGRES_PORT}/", f":{postgres_port}/")
+            base["DATABASE_URL"] = url
         else:
             base["DATABASE_URL"] = f"sqlite:///{tmp / 'live.sqlite3'}"
-        if redis:
+        if redis_url:
+            base["REDIS_URL"] = redis_url
+        elif redis:
             svc.require_redis()
             base["REDIS_URL"] = svc.REDIS_URL
             _redis_flush()
