@@ -10,11 +10,13 @@ the per-process hubs (canvas/hub.py), not individual sockets. Outside a server
 import asyncio
 import logging
 import threading
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from . import metrics
 from .protocol import Update
 
 log = logging.getLogger("canvas.broadcast")
@@ -48,7 +50,14 @@ class _Outbox:
 
 
 _outbox = _Outbox()
-layer_errors = 0  # read by the metrics endpoint
+layer_errors = 0  # also counted by metrics.LAYER_ERRORS for /metrics
+
+
+def layer_error_count() -> None:
+    """Count one failed channel-layer call."""
+    global layer_errors
+    layer_errors += 1
+    metrics.LAYER_ERRORS.inc()
 
 
 def publish_on_commit(*, canvas_id: int, updates: list[Update]) -> None:
@@ -84,11 +93,10 @@ def _send_now_or_later(canvas_id: int, message: dict) -> None:
 
 
 async def _send(canvas_id: int, message: dict) -> None:
-    global layer_errors
     try:
         await get_channel_layer().group_send(group_name(canvas_id), message)
     except Exception:
-        layer_errors += 1
+        layer_error_count()
         raise
 
 
@@ -108,9 +116,11 @@ async def _drain_forever() -> None:
         if not _outbox.pending:
             continue
         batches, _outbox.pending = _outbox.pending, {}
+        now = time.time()
         for canvas_id, updates in batches.items():
             try:
-                await _send(canvas_id, {"type": MSG_PIXELS, "updates": updates})
+                message = {"type": MSG_PIXELS, "updates": updates, "sent_at": now}
+                await _send(canvas_id, message)
             except Exception:
                 log.warning(
                     "group_send failed for canvas %s; hubs will refill", canvas_id

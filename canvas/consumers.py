@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from . import exceptions as exc
-from . import protocol, selectors, services
+from . import ingest, protocol, selectors, services
 from .clientip import scope_ip
 from .hub import SERVER_ID, registry
 from .ratelimit import FloodDetector, TokenBucket
@@ -130,13 +130,15 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self.reject("login_required", message)
             return
         try:
-            result = await database_sync_to_async(services.placement_create)(
-                canvas_id=self.canvas.pk,
-                player_id=self.player_id,
-                x=request.x,
-                y=request.y,
-                color=request.color,
-                ip=self.ip,
+            result = await ingest.batcher.submit(
+                ingest.PlaceRequest(
+                    canvas_id=self.canvas.pk,
+                    player_id=self.player_id,
+                    x=request.x,
+                    y=request.y,
+                    color=request.color,
+                    ip=self.ip,
+                )
             )
         except exc.PlaceError as error:
             await self.reject(error.code, error.message, error.retry_after)

@@ -7,6 +7,7 @@ carries one message per process per tick, not one per socket per pixel.
 """
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -14,16 +15,22 @@ import time
 import uuid
 from typing import Protocol
 
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import broadcast, protocol, selectors, services
+from . import broadcast, metrics, protocol, selectors, services
 from .protocol import Update
 
 log = logging.getLogger("canvas.hub")
 
 SERVER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+# A socket whose unsent bytes pass PLACE_SLOW_CLIENT_BYTES is closed with this
+# code: it would otherwise fall silently out of step. The client reconnects,
+# gets a fresh `hello` and refetches the board (docs/protocol.md).
+CLOSE_TOO_SLOW = 4010
+SLOW_ABORT_SECONDS = 5.0
 
 
 class Listener(Protocol):
@@ -44,6 +51,8 @@ class Hub:
         self.tasks: list[asyncio.Task] = []
         self.tick_seconds = settings.PLACE_BROADCAST_TICK
         self.last_tick_ms = 0.0
+        self.wires: dict[Listener, WebSocketProtocol | None] = {}
+        self.oldest_pending: float | None = None
 
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("hub.")
@@ -66,11 +75,17 @@ class Hub:
 
     def join(self, listener: Listener) -> int:
         """Add a socket; return the seq its `hello` must carry (no await here)."""
+        if listener not in self.listeners:
+            metrics.CONNECTIONS.inc()
         self.listeners.add(listener)
+        self.wires[listener] = _daphne_socket(listener)
         return self.last_seq
 
     def leave(self, listener: Listener) -> None:
+        if listener in self.listeners:
+            metrics.CONNECTIONS.dec()
         self.listeners.discard(listener)
+        self.wires.pop(listener, None)
 
     async def rejoin_group(self) -> None:
         """Refresh group membership before the layer's group expiry drops it."""
@@ -83,17 +98,19 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                broadcast.layer_errors += 1
+                broadcast.layer_error_count()
                 log.warning("channel layer receive failed; retrying", exc_info=True)
                 await asyncio.sleep(1)
                 continue
             if message.get("type") == broadcast.MSG_PIXELS:
-                self.accept(message["updates"])
+                self.accept(message["updates"], message.get("sent_at"))
             elif message.get("type") == broadcast.MSG_CANVAS:
                 for listener in list(self.listeners):
                     await listener.canvas_updated()
 
-    def accept(self, updates: list) -> None:
+    def accept(self, updates: list, sent_at: float | None = None) -> None:
+        if updates and self.oldest_pending is None:
+            self.oldest_pending = sent_at or time.time()
         for seq, x, y, color in updates:
             if seq > self.last_seq:
                 self.pending[seq] = (seq, x, y, color)
@@ -116,20 +133,45 @@ class Hub:
                 raise
             except Exception:
                 log.exception("hub flush failed")
-            self.last_tick_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            self.last_tick_ms = elapsed * 1000
+            metrics.TICK_SECONDS.observe(elapsed)
 
     async def flush(self) -> None:
         ready = self.take_ready()
         if ready:
+            if self.oldest_pending is not None:
+                metrics.LAG_SECONDS.observe(max(0.0, time.time() - self.oldest_pending))
+            self.oldest_pending = time.time() if self.pending else None
             await self.send_all(protocol.pixels_frame(ready))
 
     async def send_all(self, frame: str) -> None:
+        """Write one frame to every socket: framed once, then a buffer append each."""
+        prepared = None
+        limit = settings.PLACE_SLOW_CLIENT_BYTES
         for listener in list(self.listeners):
+            wire = self.wires.get(listener)
             try:
-                await listener.deliver(frame)
+                if wire is None or not getattr(listener, "ready", False):
+                    await listener.deliver(frame)
+                    continue
+                if prepared is None:
+                    prepared = PreparedMessage(frame.encode(), False, False, True)
+                if not _write(wire, prepared, limit):
+                    self._close_slow(listener, wire)
             except Exception:
                 log.debug("dropping a listener that failed to receive", exc_info=True)
-                self.listeners.discard(listener)
+                self.leave(listener)
+
+    def _close_slow(self, listener: Listener, wire: WebSocketProtocol) -> None:
+        """Stop feeding a socket that fell behind; close it so it resyncs."""
+        self.leave(listener)
+        metrics.SLOW_CLIENTS.inc()
+        log.info("event=slow_client_closed peer=%s", wire.peer)
+        wire.sendClose(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and refetch")
+        # The close frame queues behind the backlog; a client that reads nothing
+        # never sees it, so drop the TCP connection if it lingers.
+        asyncio.get_running_loop().call_later(SLOW_ABORT_SECONDS, _abort_if_open, wire)
 
     async def _watch_forever(self) -> None:
         """Refill from the database whatever has been missing for a whole period.
@@ -146,7 +188,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                broadcast.layer_errors += 1
+                broadcast.layer_error_count()
                 log.warning("group rejoin failed; will retry", exc_info=True)
             try:
                 await self.check_gaps()
@@ -228,6 +270,45 @@ class Registry:
                 canvas_id=hub.canvas_id
             )
             await hub.send_all(protocol.online_frame(count))
+
+
+def _daphne_socket(listener: Listener) -> WebSocketProtocol | None:
+    """The autobahn protocol behind a consumer served by daphne, else None.
+
+    Daphne hands each consumer `send=partial(server.handle_reply, protocol)`;
+    writing a prepared frame straight to that protocol skips the ASGI hop and
+    the per-socket framing. Anything else (tests' communicators) uses deliver().
+    """
+    send = getattr(listener, "base_send", None)
+    if isinstance(send, functools.partial) and send.args:
+        wire = send.args[0]
+        if isinstance(wire, WebSocketProtocol):
+            return wire
+    return None
+
+
+def _write(wire: WebSocketProtocol, prepared: PreparedMessage, limit: int) -> bool:
+    """Queue the frame on the socket; False if its unsent bytes exceed `limit`."""
+    if wire.state != WebSocketProtocol.STATE_OPEN:
+        return True
+    transport = wire.transport
+    unsent = len(getattr(transport, "dataBuffer", b"")) - getattr(
+        transport, "offset", 0
+    )
+    unsent += getattr(transport, "_tempDataLen", 0)
+    if limit and unsent > limit:
+        return False
+    if wire.send_queue:
+        wire.sendPreparedMessage(prepared)
+    else:
+        transport.write(prepared.payloadHybi)
+    return True
+
+
+def _abort_if_open(wire: WebSocketProtocol) -> None:
+    transport = wire.transport
+    if transport is not None and wire.state != WebSocketProtocol.STATE_CLOSED:
+        transport.abortConnection()
 
 
 def sweep_dead_local_servers() -> None:

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from . import views
+from . import metrics, views
 
 app_name = "canvas"
 
@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/canvases/<slug:slug>/", views.canvas_meta, name="api-canvas"),
     path("api/canvases/<slug:slug>/board", views.board, name="api-board"),
     path("api/canvases/<slug:slug>/board.png", views.board_png, name="api-board-png"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     # Signed, so a negative coordinate gets the API's JSON 404, not a page.
     re_path(
         r"^api/canvases/(?P<slug>[-\w]+)/pixels/(?P<x>-?\d+)/(?P<y>-?\d+)$",

@@ -1,0 +1,345 @@
+"""Group commit: many placements per transaction, each still cooldown-checked.
+
+Consumers `submit` a placement and await its result. One writer thread per
+process collects whatever arrived within `PLACE_INGEST_WINDOW` seconds (at most
+`PLACE_INGEST_MAX_BATCH`) and commits them together with `placements_commit`:
+validation from rows read once per batch, the cooldowns taken by one conditional
+UPDATE (a player racing with itself wins once), one seq range, one write per
+touched chunk, one bulk insert of history, one broadcast. Every submitter learns
+its result only after the commit; if the transaction fails, all of them get the
+database error (`unavailable`) and nothing of the batch is written.
+"""
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import broadcast, metrics, services
+from . import exceptions as exc
+from .models import CHUNK_SIZE, Canvas, Chunk, Cooldown, Placement, Player
+
+log = logging.getLogger("canvas.ingest")
+# One key=value line per placement and refusal; route or silence it on its own.
+events = logging.getLogger("canvas.placements")
+
+
+@dataclass(frozen=True)
+class PlaceRequest:
+    canvas_id: int
+    player_id: int | None
+    x: int
+    y: int
+    color: int
+    ip: str | None = None
+
+
+Outcome = services.PlacementResult | exc.PlaceError
+
+
+def placements_commit(requests: list[PlaceRequest]) -> list[Outcome]:
+    """Commit a batch in one transaction; return one outcome per request, in order.
+
+    Raises DatabaseError (nothing written) if the transaction fails.
+    """
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    by_canvas: dict[int, list[int]] = {}
+    for index, request in enumerate(requests):
+        by_canvas.setdefault(request.canvas_id, []).append(index)
+    with transaction.atomic():
+        for canvas_id, indexes in by_canvas.items():
+            results = _commit_canvas(canvas_id, [requests[i] for i in indexes])
+            for i, outcome in zip(indexes, results, strict=True):
+                outcomes[i] = outcome
+    return outcomes
+
+
+def _commit_canvas(canvas_id: int, batch: list[PlaceRequest]) -> list[Outcome]:
+    canvas = Canvas.objects.filter(pk=canvas_id).first()
+    if canvas is None:
+        return [exc.PlaceError("bad_request", "No such canvas.")] * len(batch)
+    now = timezone.now()
+    outcomes: list[Outcome | None] = _validate(canvas, batch, now)
+    candidates = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if settings.PLACE_IP_LIMIT > 0:
+        winners = _take_one_by_one(canvas, batch, candidates, outcomes, now)
+    else:
+        winners = _take_set_based(canvas, batch, candidates, outcomes, now)
+    if winners:
+        _write(canvas, batch, winners, outcomes, now)
+    return outcomes
+
+
+def _validate(canvas: Canvas, batch: list[PlaceRequest], now: datetime) -> list:
+    ids = {r.player_id for r in batch if r.player_id}
+    players = Player.objects.select_related("user").in_bulk(ids)
+    age_check = getattr(services, "_account_age_check", None)
+    outcomes: list = []
+    for request in batch:
+        player = players.get(request.player_id) if request.player_id else None
+        try:
+            services.placement_validate(
+                canvas=canvas,
+                player=player,
+                x=request.x,
+                y=request.y,
+                color=request.color,
+            )
+            if age_check is not None:
+                age_check(player=player, now=now)
+        except exc.PlaceError as error:
+            outcomes.append(error)
+            continue
+        outcomes.append(None)
+    return outcomes
+
+
+def _take_set_based(canvas, batch, candidates, outcomes, now) -> list[int]:
+    """Start the cooldown of every candidate whose cooldown has ended: one UPDATE.
+
+    A player twice in the batch wins with the first request only. Rows are
+    touched in player order, so concurrent batches cannot deadlock.
+    """
+    first: dict[int, int] = {}
+    for i in candidates:
+        player_id = batch[i].player_id
+        if player_id in first:
+            outcomes[i] = _cooldown_error(float(canvas.cooldown_seconds))
+        else:
+            first[player_id] = i
+    if not first:
+        return []
+    player_ids = sorted(first)
+    Cooldown.objects.bulk_create(
+        [
+            Cooldown(canvas_id=canvas.pk, player_id=p, next_at=services.EPOCH)
+            for p in player_ids
+        ],
+        ignore_conflicts=True,
+    )
+    taken = _cooldowns_update(canvas, player_ids, now)
+    losers = [p for p in player_ids if p not in taken]
+    if losers:
+        rows = Cooldown.objects.filter(canvas_id=canvas.pk, player_id__in=losers)
+        for player_id, next_at in rows.values_list("player_id", "next_at"):
+            remaining = (next_at - now).total_seconds()
+            outcomes[first[player_id]] = _cooldown_error(remaining)
+    return sorted(first[p] for p in taken)
+
+
+def _cooldowns_update(canvas: Canvas, player_ids: list[int], now: datetime) -> set:
+    table = Cooldown._meta.db_table
+    ops = connection.ops
+    next_at = ops.adapt_datetimefield_value(
+        now + timedelta(seconds=canvas.cooldown_seconds)
+    )
+    taken: set[int] = set()
+    for start in range(0, len(player_ids), 500):
+        chunk = player_ids[start : start + 500]
+        marks = ",".join(["%s"] * len(chunk))
+        sql = (
+            f"UPDATE {table} SET next_at = %s WHERE canvas_id = %s"
+            f" AND player_id IN ({marks}) AND next_at <= %s RETURNING player_id"
+        )
+        now_db = ops.adapt_datetimefield_value(now)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [next_at, canvas.pk, *chunk, now_db])
+            taken.update(row[0] for row in cursor.fetchall())
+    return taken
+
+
+def _take_one_by_one(canvas, batch, candidates, outcomes, now) -> list[int]:
+    """With a per-address limit: each placement's checks in its own savepoint."""
+    winners = []
+    for i in candidates:
+        request = batch[i]
+        try:
+            with transaction.atomic():
+                services._cooldown_take(
+                    canvas=canvas, player_id=request.player_id, now=now
+                )
+                services._ip_quota_take(canvas=canvas, ip=request.ip, now=now)
+        except exc.PlaceError as error:
+            outcomes[i] = error
+            continue
+        winners.append(i)
+    return winners
+
+
+def _cooldown_error(remaining: float) -> exc.PlaceError:
+    return exc.PlaceError("cooldown", exc.MSG_COOLDOWN, retry_after=max(0.0, remaining))
+
+
+def _write(canvas, batch, winners, outcomes, now) -> None:
+    first = services.seqs_allocate(canvas_id=canvas.pk, count=len(winners))
+    changes = [(batch[i].x, batch[i].y, batch[i].color) for i in winners]
+    previous = chunks_apply_many(canvas_id=canvas.pk, changes=changes)
+    rows = []
+    updates = []
+    for offset, i in enumerate(winners):
+        request, seq = batch[i], first + offset
+        rows.append(
+            Placement(
+                canvas_id=canvas.pk,
+                seq=seq,
+                x=request.x,
+                y=request.y,
+                color=request.color,
+                previous_color=previous[offset],
+                player_id=request.player_id,
+                placed_at=now,
+            )
+        )
+        updates.append((seq, request.x, request.y, request.color))
+        outcomes[i] = services.PlacementResult(
+            seq=seq, cooldown_remaining=float(canvas.cooldown_seconds)
+        )
+    Placement.objects.bulk_create(rows, batch_size=500)
+    broadcast.publish_on_commit(canvas_id=canvas.pk, updates=updates)
+
+
+def chunks_apply_many(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list:
+    """Like services.chunks_apply, reading and writing only the touched chunks."""
+    keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
+    chunks: dict[tuple[int, int], bytearray] = {}
+    for start in range(0, len(keys), 200):
+        where = Q()
+        for cx, cy in keys[start : start + 200]:
+            where |= Q(cx=cx, cy=cy)
+        rows = Chunk.objects.filter(where, canvas_id=canvas_id)
+        for cx, cy, data in rows.values_list("cx", "cy", "data"):
+            chunks[(cx, cy)] = bytearray(data)
+    previous = []
+    for x, y, color in changes:
+        data = chunks[(x // CHUNK_SIZE, y // CHUNK_SIZE)]
+        offset = (y % CHUNK_SIZE) * CHUNK_SIZE + (x % CHUNK_SIZE)
+        previous.append(data[offset])
+        data[offset] = color
+    table = Chunk._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {table} SET data = %s"
+            " WHERE canvas_id = %s AND cx = %s AND cy = %s",
+            [(bytes(chunks[k]), canvas_id, k[0], k[1]) for k in keys],
+        )
+    return previous
+
+
+class Batcher:
+    """The process's writer thread; `submit` from any event loop."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.batches = 0
+
+    async def submit(self, request: PlaceRequest) -> services.PlacementResult:
+        """Queue a placement; return after its batch commits, or raise."""
+        self._ensure_thread()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.inbox.put((request, loop, future))
+        return await future
+
+    def _ensure_thread(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._run, name="canvas-ingest", daemon=True
+                )
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self.inbox.get(timeout=settings.PLACE_INGEST_IDLE_CLOSE)
+            except queue.Empty:
+                # Idle: give the connection back (tests drop their database).
+                connection.close()
+                continue
+            items = [item]
+            self._collect(items)
+            self._commit(items)
+
+    def _collect(self, items: list) -> None:
+        deadline = time.monotonic() + settings.PLACE_INGEST_WINDOW
+        limit = settings.PLACE_INGEST_MAX_BATCH
+        while len(items) < limit:
+            wait = deadline - time.monotonic()
+            try:
+                if wait > 0:
+                    items.append(self.inbox.get(timeout=wait))
+                else:
+                    items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return
+
+    def _commit(self, items: list) -> None:
+        started = time.perf_counter()
+        try:
+            outcomes = placements_commit([request for request, _, _ in items])
+        except Exception as error:
+            if isinstance(error, DatabaseError):
+                log.warning("batch of %d failed: %s", len(items), error)
+            else:
+                log.exception("batch of %d failed", len(items))
+            connection.close()
+            outcomes = [error] * len(items)
+        self.batches += 1
+        metrics.ingest_batch(size=len(items), seconds=time.perf_counter() - started)
+        for (request, loop, future), outcome in zip(items, outcomes, strict=True):
+            _log_outcome(request, outcome)
+            try:
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+            except RuntimeError:  # that loop has closed; nobody is waiting
+                pass
+
+
+def _resolve(future: asyncio.Future, outcome) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _log_outcome(request: PlaceRequest, outcome) -> None:
+    if isinstance(outcome, services.PlacementResult):
+        metrics.placement_accepted()
+        events.info(
+            "event=placement canvas=%s player=%s x=%s y=%s color=%s seq=%s ip=%s",
+            request.canvas_id,
+            request.player_id,
+            request.x,
+            request.y,
+            request.color,
+            outcome.seq,
+            request.ip,
+        )
+        return
+    code = outcome.code if isinstance(outcome, exc.PlaceError) else "unavailable"
+    metrics.placement_rejected(code)
+    events.info(
+        "event=rejection canvas=%s player=%s x=%s y=%s code=%s ip=%s",
+        request.canvas_id,
+        request.player_id,
+        request.x,
+        request.y,
+        code,
+        request.ip,
+    )
+
+
+batcher = Batcher()

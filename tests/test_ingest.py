@@ -1,0 +1,133 @@
+"""Group commit (canvas/ingest.py): many placements per transaction, none unsafe."""
+
+import asyncio
+import json
+
+import pytest
+from django.db import DatabaseError, OperationalError
+
+from canvas import exceptions as exc
+from canvas import ingest, selectors
+from canvas.models import Chunk, Cooldown, Placement, Player
+
+from .conftest import adb, connect, send, session_key_create
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fresh_layer"),
+]
+
+
+@pytest.fixture
+def canvas(make_canvas, settings):
+    # A wide window so every submission of a test lands in the same batch.
+    settings.PLACE_INGEST_WINDOW = 0.2
+    return make_canvas(slug="ingest", width=200, height=130, cooldown=300)
+
+
+def players(count: int) -> list[int]:
+    return [Player.objects.create(name=f"p{i}").pk for i in range(count)]
+
+
+async def submit_all(requests: list[ingest.PlaceRequest]) -> list:
+    return await asyncio.gather(
+        *(ingest.batcher.submit(r) for r in requests), return_exceptions=True
+    )
+
+
+async def test_racing_submissions_by_one_player_admit_exactly_one(canvas):
+    (player,) = await adb(players)(1)
+    before = ingest.batcher.batches
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, player, x, 0, 3) for x in range(8)]
+    )
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, exc.PlaceError)]
+    assert len(accepted) == 1 and len(refused) == 7
+    assert {r.code for r in refused} == {"cooldown"}
+    assert all(r.retry_after > 299 for r in refused)
+    assert ingest.batcher.batches == before + 1
+    assert await adb(Placement.objects.count)() == 1
+
+
+async def test_a_batch_takes_consecutive_seqs_in_one_transaction(canvas):
+    ids = await adb(players)(40)
+    before = ingest.batcher.batches
+    results = await submit_all(
+        [
+            ingest.PlaceRequest(canvas.pk, p, i, i % 130, i % 16)
+            for i, p in enumerate(ids)
+        ]
+    )
+    seqs = [r.seq for r in results]
+    assert seqs == list(range(seqs[0], seqs[0] + 40)) and seqs[0] == 1
+    assert ingest.batcher.batches == before + 1
+    await adb(canvas.refresh_from_db)()
+    assert canvas.seq == 40
+    board = await adb(selectors.board_assemble)(canvas)
+    assert all(board[(i % 130) * 200 + i] == i % 16 for i in range(40))
+
+
+async def test_each_refusal_keeps_its_own_code_inside_a_batch(canvas):
+    ids = await adb(players)(3)
+    results = await submit_all(
+        [
+            ingest.PlaceRequest(canvas.pk, ids[0], 500, 0, 1),
+            ingest.PlaceRequest(canvas.pk, ids[1], 0, 0, 99),
+            ingest.PlaceRequest(canvas.pk, None, 0, 0, 1),
+            ingest.PlaceRequest(canvas.pk, ids[2], 5, 5, 5),
+        ]
+    )
+    codes = [getattr(r, "code", "ok") for r in results]
+    assert codes == ["out_of_bounds", "invalid_color", "login_required", "ok"]
+    assert results[3].seq == 1
+
+
+async def test_cooldown_still_holds_across_batches(canvas):
+    (player,) = await adb(players)(1)
+    first = await ingest.batcher.submit(ingest.PlaceRequest(canvas.pk, player, 1, 1, 2))
+    with pytest.raises(exc.PlaceError) as refused:
+        await ingest.batcher.submit(ingest.PlaceRequest(canvas.pk, player, 2, 2, 2))
+    assert first.seq == 1 and refused.value.code == "cooldown"
+
+
+async def test_a_database_failure_fails_the_whole_batch_and_writes_nothing(
+    canvas, monkeypatch
+):
+    ids = await adb(players)(5)
+    board_before = await adb(selectors.board_assemble)(canvas)
+
+    def broken(*args, **kwargs):
+        raise OperationalError("disk on fire")
+
+    monkeypatch.setattr(Placement.objects, "bulk_create", broken)
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 0, 4) for i, p in enumerate(ids)]
+    )
+    assert all(isinstance(r, DatabaseError) for r in results)
+    await adb(canvas.refresh_from_db)()
+    assert canvas.seq == 0
+    assert await adb(Placement.objects.count)() == 0
+    assert await adb(selectors.board_assemble)(canvas) == board_before
+    # The cooldowns taken inside the failed transaction were rolled back too.
+    taken = Cooldown.objects.filter(canvas=canvas, next_at__gt="2001-01-01T00:00Z")
+    assert await adb(taken.count)() == 0
+    monkeypatch.undo()
+    again = await ingest.batcher.submit(ingest.PlaceRequest(canvas.pk, ids[0], 0, 0, 4))
+    assert again.seq == 1
+
+
+async def test_the_consumer_answers_unavailable_when_the_batch_fails(
+    canvas, anonymous_play, monkeypatch
+):
+    key = await adb(session_key_create)(seen=True)
+    client, _ = await connect("ingest", session_key=key)
+
+    def broken(*args, **kwargs):
+        raise OperationalError("gone")
+
+    monkeypatch.setattr(Chunk.objects, "filter", broken)
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 2})
+    reply = json.loads(await client.receive_from(timeout=5))
+    assert reply["type"] == "rejected" and reply["code"] == "unavailable"
+    await client.disconnect()
