@@ -1,0 +1,478 @@
+"""Moderation writes: roll back, preview, undo, ban, pause and cooldown.
+
+The board always shows, at each pixel, the newest placement that is not rolled
+back, or the background (index 0); docs/moderation.md gives worked examples. A
+placement is rolled back while at least one rollback that has not been undone
+covers it; `Placement.rolled_back_by` names one such rollback, so undoing a
+rollback releases only what no other rollback still covers.
+
+Every pixel a moderator changes becomes a Placement of kind "moderation" with
+its own seq, broadcast after commit like a player's placement. Large rollbacks
+run in horizontal bands, one transaction each, so live placements wait for one
+band at most, never for the whole rollback.
+"""
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F, Max, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from . import broadcast, services
+from .models import CHUNK_SIZE, Canvas, Cooldown, ModerationAction, Placement, Player
+from .moderation_selectors import board_region
+from .protocol import Update
+
+# Rows of pixels per transaction; a band's work is what live placements may wait for.
+BAND_ROWS = CHUNK_SIZE
+# Updates per broadcast message, so one huge rollback is not one huge frame.
+PUBLISH_BATCH = 5000
+# A ban "forever" is a ban until this instant.
+BAN_FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+
+MSG_EMPTY_SCOPE = "Choose placements, players, a time window or a region."
+MSG_BAD_REGION = "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1."
+MSG_NOT_ROLLBACK = "Only a rollback can be undone."
+MSG_ALREADY_UNDONE = "That rollback has already been undone."
+MSG_REASON_REQUIRED = "Give a reason; it is kept with the action."
+
+
+class ModerationError(Exception):
+    """A moderation request that cannot be carried out, with a message to show."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which placements a rollback covers: every given criterion must match."""
+
+    placement_ids: tuple[int, ...] = ()
+    player_ids: tuple[int, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    # (x0, y0, x1, y1), bounds inclusive.
+    region: tuple[int, int, int, int] | None = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.placement_ids
+            or self.player_ids
+            or self.since
+            or self.until
+            or self.region
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "placement_ids": list(self.placement_ids),
+            "player_ids": list(self.player_ids),
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "region": list(self.region) if self.region else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Scope":
+        region = data.get("region")
+        return cls(
+            placement_ids=tuple(data.get("placement_ids") or ()),
+            player_ids=tuple(data.get("player_ids") or ()),
+            since=parse_datetime(data["since"]) if data.get("since") else None,
+            until=parse_datetime(data["until"]) if data.get("until") else None,
+            region=tuple(region) if region else None,
+        )
+
+    def q(self, *, canvas_id: int, upto_seq: int) -> Q:
+        """The placements in scope among those with seq <= upto_seq."""
+        q = Q(canvas_id=canvas_id, kind=Placement.KIND_PLACE, seq__lte=upto_seq)
+        if self.placement_ids:
+            q &= Q(pk__in=self.placement_ids)
+        if self.player_ids:
+            q &= Q(player_id__in=self.player_ids)
+        if self.since:
+            q &= Q(placed_at__gte=self.since)
+        if self.until:
+            q &= Q(placed_at__lte=self.until)
+        if self.region:
+            x0, y0, x1, y1 = self.region
+            q &= Q(x__gte=x0, x__lte=x1, y__gte=y0, y__lte=y1)
+        return q
+
+
+@dataclass
+class RollbackPreview:
+    """What a rollback would do now: counts and every pixel change, with bounds."""
+
+    placements: int
+    pixels: int
+    changes: list[tuple[int, int, int]] = field(default_factory=list)
+    # (x0, y0, x1, y1) around the changed pixels, or around the placements in
+    # scope when no pixel would change; None when nothing is in scope.
+    bounds: tuple[int, int, int, int] | None = None
+
+
+def _scope_check(*, canvas: Canvas, scope: Scope) -> None:
+    if scope.is_empty():
+        raise ModerationError(MSG_EMPTY_SCOPE)
+    if scope.region:
+        x0, y0, x1, y1 = scope.region
+        if not (0 <= x0 <= x1 < canvas.width and 0 <= y0 <= y1 < canvas.height):
+            raise ModerationError(MSG_BAD_REGION)
+
+
+def _bands(*, pending: QuerySet) -> list[tuple[int, int]]:
+    """Inclusive y ranges of at most BAND_ROWS rows covering the pending rows."""
+    low_high = pending.aggregate(low=Min("y"), high=Max("y"))
+    if low_high["low"] is None:
+        return []
+    low, high = low_high["low"], low_high["high"]
+    return [(y, min(y + BAND_ROWS - 1, high)) for y in range(low, high + 1, BAND_ROWS)]
+
+
+def _plan(
+    *, canvas_id: int, candidates: QuerySet, visible: Q
+) -> list[tuple[int, int, int]]:
+    """(x, y, colour) for each pixel of `candidates` once only `visible` shows.
+
+    The colour is that of the newest visible placement at the pixel, or 0.
+    """
+    newest = (
+        Placement.objects.filter(
+            visible,
+            canvas_id=canvas_id,
+            kind=Placement.KIND_PLACE,
+            x=OuterRef("x"),
+            y=OuterRef("y"),
+        )
+        .order_by("-seq")
+        .values("color")[:1]
+    )
+    rows = (
+        candidates.order_by()
+        .values("x", "y")
+        .distinct()
+        .annotate(shown=Coalesce(Subquery(newest), 0))
+        .values_list("x", "y", "shown")
+    )
+    return list(rows)
+
+
+def _board_write(
+    *, canvas_id: int, changes: list[tuple[int, int, int]], now: datetime
+) -> list[Update]:
+    """Write the changes that alter a pixel, each with its own seq; return them."""
+    if not changes:
+        return []
+    previous = services.chunks_apply(canvas_id=canvas_id, changes=changes)
+    changed = [
+        (x, y, c, p) for (x, y, c), p in zip(changes, previous, strict=True) if c != p
+    ]
+    if not changed:
+        return []
+    first = services.seqs_allocate(canvas_id=canvas_id, count=len(changed))
+    Placement.objects.bulk_create(
+        (
+            Placement(
+                canvas_id=canvas_id,
+                seq=first + i,
+                x=x,
+                y=y,
+                color=color,
+                previous_color=prior,
+                player=None,
+                placed_at=now,
+                kind=Placement.KIND_MODERATION,
+            )
+            for i, (x, y, color, prior) in enumerate(changed)
+        ),
+        batch_size=2000,
+    )
+    updates = [(first + i, x, y, c) for i, (x, y, c, _) in enumerate(changed)]
+    for start in range(0, len(updates), PUBLISH_BATCH):
+        broadcast.publish_on_commit(
+            canvas_id=canvas_id, updates=updates[start : start + PUBLISH_BATCH]
+        )
+    return updates
+
+
+def _canvas_lock(canvas_id: int) -> int:
+    """Lock the canvas row (placements wait at their seq) and return its seq."""
+    return (
+        Canvas.objects.select_for_update()
+        .filter(pk=canvas_id)
+        .values_list("seq", flat=True)
+        .get()
+    )
+
+
+def _action_add(*, action_id: int, placements: int, updates: list[Update]) -> None:
+    """Add one band's counts and seqs to its action, in the band's transaction."""
+    fields = {
+        "placements_count": F("placements_count") + placements,
+        "pixels_count": F("pixels_count") + len(updates),
+    }
+    if updates:
+        fields["seq_from"] = Coalesce(F("seq_from"), updates[0][0])
+        fields["seq_to"] = updates[-1][0]
+    ModerationAction.objects.filter(pk=action_id).update(**fields)
+
+
+def _bounds(points: list[tuple[int, int]]) -> tuple[int, int, int, int]:
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def rollback_preview(*, canvas: Canvas, scope: Scope) -> RollbackPreview:
+    """What placements_rollback would do with this scope now; writes nothing."""
+    _scope_check(canvas=canvas, scope=scope)
+    in_scope = scope.q(canvas_id=canvas.pk, upto_seq=canvas.seq)
+    pending = Placement.objects.filter(in_scope, rolled_back=False)
+    count = pending.count()
+    planned = _plan(
+        canvas_id=canvas.pk,
+        candidates=pending,
+        visible=Q(rolled_back=False) & ~in_scope,
+    )
+    changes, bounds = [], None
+    if planned:
+        bounds = _bounds([(x, y) for x, y, _ in planned])
+        before = board_region(canvas=canvas, region=bounds)
+        width = bounds[2] - bounds[0] + 1
+        changes = [
+            (x, y, color)
+            for x, y, color in planned
+            if before[(y - bounds[1]) * width + x - bounds[0]] != color
+        ]
+    if changes:
+        bounds = _bounds([(x, y) for x, y, _ in changes])
+    return RollbackPreview(
+        placements=count, pixels=len(changes), changes=changes, bounds=bounds
+    )
+
+
+def placements_rollback(
+    *,
+    canvas_id: int,
+    scope: Scope,
+    reason: str,
+    moderator_id: int | None = None,
+    player_id: int | None = None,
+) -> ModerationAction:
+    """Roll back the placements in scope; record and return the action.
+
+    Counts: placements newly marked rolled back, and pixels whose colour changed.
+    """
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    canvas = Canvas.objects.get(pk=canvas_id)
+    _scope_check(canvas=canvas, scope=scope)
+    # Placements made after this point are not in scope, however long this takes.
+    upto_seq = canvas.seq
+    action = ModerationAction.objects.create(
+        kind=ModerationAction.KIND_ROLLBACK,
+        canvas=canvas,
+        player_id=player_id,
+        moderator_id=moderator_id,
+        reason=reason,
+        scope={**scope.to_json(), "upto_seq": upto_seq},
+    )
+    in_scope = scope.q(canvas_id=canvas_id, upto_seq=upto_seq)
+    pending = Placement.objects.filter(in_scope, rolled_back=False)
+    for y0, y1 in _bands(pending=pending):
+        _rollback_band(action=action, in_scope=in_scope & Q(y__gte=y0, y__lte=y1))
+    action.refresh_from_db()
+    return action
+
+
+def _rollback_band(*, action: ModerationAction, in_scope: Q) -> None:
+    with transaction.atomic():
+        _canvas_lock(action.canvas_id)
+        pending = Placement.objects.filter(in_scope, rolled_back=False)
+        changes = _plan(
+            canvas_id=action.canvas_id,
+            candidates=pending,
+            visible=Q(rolled_back=False) & ~in_scope,
+        )
+        marked = pending.update(rolled_back=True, rolled_back_by=action)
+        updates = _board_write(
+            canvas_id=action.canvas_id, changes=changes, now=timezone.now()
+        )
+        _action_add(action_id=action.pk, placements=marked, updates=updates)
+
+
+def _rollback_q(action: ModerationAction) -> Q:
+    scope = Scope.from_json(action.scope)
+    return scope.q(canvas_id=action.canvas_id, upto_seq=action.scope["upto_seq"])
+
+
+def rollback_undo(
+    *, action_id: int, reason: str, moderator_id: int | None = None
+) -> ModerationAction:
+    """Undo a rollback: its placements show again wherever nothing newer does.
+
+    A placement another active rollback also covers stays rolled back.
+    """
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    with transaction.atomic():
+        action = ModerationAction.objects.select_for_update().get(pk=action_id)
+        if action.kind != ModerationAction.KIND_ROLLBACK:
+            raise ModerationError(MSG_NOT_ROLLBACK)
+        if action.is_undone:
+            raise ModerationError(MSG_ALREADY_UNDONE)
+        now = timezone.now()
+        action.undone_at = now
+        action.save(update_fields=["undone_at"])
+        undo = ModerationAction.objects.create(
+            kind=ModerationAction.KIND_UNDO,
+            canvas_id=action.canvas_id,
+            player_id=action.player_id,
+            moderator_id=moderator_id,
+            reason=reason,
+            scope={"undo_of": action.pk},
+            undo_of=action,
+        )
+    owned = Placement.objects.filter(rolled_back_by=action)
+    for y0, y1 in _bands(pending=owned):
+        _undo_band(action=action, undo=undo, band=Q(y__gte=y0, y__lte=y1))
+    undo.refresh_from_db()
+    return undo
+
+
+def _undo_band(*, action: ModerationAction, undo: ModerationAction, band: Q) -> None:
+    with transaction.atomic():
+        _canvas_lock(action.canvas_id)
+        owned = Placement.objects.filter(band, rolled_back_by=action)
+        others = ModerationAction.objects.filter(
+            canvas_id=action.canvas_id,
+            kind=ModerationAction.KIND_ROLLBACK,
+            undone_at__isnull=True,
+        ).order_by("pk")
+        for other in others:
+            owned.filter(_rollback_q(other)).update(rolled_back_by=other)
+        changes = _plan(
+            canvas_id=action.canvas_id,
+            candidates=owned,
+            visible=Q(rolled_back=False) | Q(rolled_back_by=action),
+        )
+        released = owned.update(rolled_back=False, rolled_back_by=None)
+        updates = _board_write(
+            canvas_id=action.canvas_id, changes=changes, now=timezone.now()
+        )
+        _action_add(action_id=undo.pk, placements=released, updates=updates)
+
+
+def player_ban(
+    *,
+    player_id: int,
+    reason: str,
+    duration: timedelta | None = None,
+    rollback_hours: float | None = None,
+    moderator_id: int | None = None,
+) -> ModerationAction:
+    """Ban a player (for `duration`, or for good); optionally roll back recent work.
+
+    Placements check the ban in the database, so open sockets are refused at once.
+    """
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    now = timezone.now()
+    until = now + duration if duration else BAN_FOREVER
+    with transaction.atomic():
+        Player.objects.filter(pk=player_id).update(
+            banned_until=until, ban_reason=reason
+        )
+        ban = ModerationAction.objects.create(
+            kind=ModerationAction.KIND_BAN,
+            player_id=player_id,
+            moderator_id=moderator_id,
+            reason=reason,
+            scope={"until": until.isoformat(), "rollback_hours": rollback_hours},
+        )
+    if rollback_hours:
+        since = now - timedelta(hours=rollback_hours)
+        scope = Scope(player_ids=(player_id,), since=since)
+        canvas_ids = (
+            Placement.objects.filter(player_id=player_id, placed_at__gte=since)
+            .values_list("canvas_id", flat=True)
+            .distinct()
+        )
+        for canvas_id in sorted(canvas_ids):
+            placements_rollback(
+                canvas_id=canvas_id,
+                scope=scope,
+                reason=reason,
+                moderator_id=moderator_id,
+                player_id=player_id,
+            )
+    return ban
+
+
+def player_unban(
+    *, player_id: int, reason: str, moderator_id: int | None = None
+) -> ModerationAction:
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    with transaction.atomic():
+        Player.objects.filter(pk=player_id).update(banned_until=None, ban_reason="")
+        return ModerationAction.objects.create(
+            kind=ModerationAction.KIND_UNBAN,
+            player_id=player_id,
+            moderator_id=moderator_id,
+            reason=reason,
+        )
+
+
+def canvas_set_open(
+    *, canvas_id: int, is_open: bool, reason: str, moderator_id: int | None = None
+) -> ModerationAction:
+    """Pause or resume a canvas; placements are refused with canvas_closed at once."""
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    with transaction.atomic():
+        Canvas.objects.filter(pk=canvas_id).update(is_open=is_open)
+        action = ModerationAction.objects.create(
+            kind=ModerationAction.KIND_RESUME
+            if is_open
+            else ModerationAction.KIND_PAUSE,
+            canvas_id=canvas_id,
+            moderator_id=moderator_id,
+            reason=reason,
+        )
+        broadcast.canvas_changed(canvas_id=canvas_id)
+    return action
+
+
+def canvas_set_cooldown(
+    *,
+    canvas_id: int,
+    cooldown_seconds: int,
+    reason: str,
+    moderator_id: int | None = None,
+) -> ModerationAction:
+    """Change the cooldown; running cooldowns longer than the new one are shortened."""
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    if cooldown_seconds < 0:
+        raise ModerationError("The cooldown must not be negative.")
+    now = timezone.now()
+    with transaction.atomic():
+        canvas = Canvas.objects.select_for_update().get(pk=canvas_id)
+        previous = canvas.cooldown_seconds
+        canvas.cooldown_seconds = cooldown_seconds
+        canvas.save(update_fields=["cooldown_seconds"])
+        latest = now + timedelta(seconds=cooldown_seconds)
+        Cooldown.objects.filter(canvas_id=canvas_id, next_at__gt=latest).update(
+            next_at=latest
+        )
+        action = ModerationAction.objects.create(
+            kind=ModerationAction.KIND_COOLDOWN,
+            canvas_id=canvas_id,
+            moderator_id=moderator_id,
+            reason=reason,
+            scope={"from": previous, "to": cooldown_seconds},
+        )
+        broadcast.canvas_changed(canvas_id=canvas_id)
+    return action

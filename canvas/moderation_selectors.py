@@ -1,0 +1,147 @@
+"""Moderation reads: history at a pixel, player summaries, regions at any instant."""
+
+import io
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Max, Min, QuerySet
+from PIL import Image
+
+from .models import CHUNK_SIZE, Canvas, Chunk, ModerationAction, Placement, Player
+from .selectors import palette_rgb
+
+Region = tuple[int, int, int, int]  # (x0, y0, x1, y1), bounds inclusive
+
+
+@dataclass(frozen=True)
+class PlayerSummary:
+    placements: int
+    first_placed_at: datetime | None
+    last_placed_at: datetime | None
+    bans: list[ModerationAction]
+
+
+def region_clip(*, canvas: Canvas, region: Region) -> Region:
+    """The part of `region` inside the canvas, corners in order."""
+    x0, y0, x1, y1 = region
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    return (
+        max(0, x0),
+        max(0, y0),
+        min(canvas.width - 1, x1),
+        min(canvas.height - 1, y1),
+    )
+
+
+def board_region(*, canvas: Canvas, region: Region) -> bytes:
+    """The current colours of a region, row-major, read from its chunks only."""
+    x0, y0, x1, y1 = region
+    width = x1 - x0 + 1
+    out = bytearray(width * (y1 - y0 + 1))
+    rows = Chunk.objects.filter(
+        canvas_id=canvas.pk,
+        cx__gte=x0 // CHUNK_SIZE,
+        cx__lte=x1 // CHUNK_SIZE,
+        cy__gte=y0 // CHUNK_SIZE,
+        cy__lte=y1 // CHUNK_SIZE,
+    ).values_list("cx", "cy", "data")
+    for cx, cy, data in rows:
+        data = bytes(data)
+        left, right = max(x0, cx * CHUNK_SIZE), min(x1, cx * CHUNK_SIZE + 63)
+        for y in range(max(y0, cy * CHUNK_SIZE), min(y1, cy * CHUNK_SIZE + 63) + 1):
+            start = (y % CHUNK_SIZE) * CHUNK_SIZE + left % CHUNK_SIZE
+            at = (y - y0) * width + left - x0
+            out[at : at + right - left + 1] = data[start : start + right - left + 1]
+    return bytes(out)
+
+
+def seq_at(*, canvas: Canvas, at: datetime) -> int:
+    """The seq of the newest change made at or before `at` (0: none)."""
+    newest = Placement.objects.filter(canvas_id=canvas.pk, placed_at__lte=at).aggregate(
+        seq=Max("seq")
+    )
+    return newest["seq"] or 0
+
+
+def region_at_seq(*, canvas: Canvas, region: Region, seq: int) -> bytes:
+    """A region as the board showed it right after change `seq`.
+
+    Start from the board now and undo every later change, newest first, with
+    the colour it replaced. Changes committed while this runs are undone too,
+    so the result does not depend on when the board was read.
+    """
+    x0, y0, x1, y1 = region
+    width = x1 - x0 + 1
+    out = bytearray(board_region(canvas=canvas, region=region))
+    later = (
+        Placement.objects.filter(
+            canvas_id=canvas.pk,
+            seq__gt=seq,
+            x__gte=x0,
+            x__lte=x1,
+            y__gte=y0,
+            y__lte=y1,
+        )
+        .order_by("-seq")
+        .values_list("x", "y", "previous_color")
+    )
+    for x, y, previous in later.iterator(chunk_size=5000):
+        out[(y - y0) * width + x - x0] = previous
+    return bytes(out)
+
+
+def region_png(*, canvas: Canvas, region: Region, data: bytes) -> bytes:
+    """Encode region bytes (row-major palette indexes) as a PNG."""
+    x0, y0, x1, y1 = region
+    image = Image.frombytes("P", (x1 - x0 + 1, y1 - y0 + 1), data)
+    image.putpalette(palette_rgb(canvas.palette))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def region_with_changes(
+    *, region: Region, data: bytes, changes: list[tuple[int, int, int]]
+) -> bytes:
+    """Region bytes with (x, y, colour) changes inside it applied."""
+    x0, y0, x1, y1 = region
+    width = x1 - x0 + 1
+    out = bytearray(data)
+    for x, y, color in changes:
+        if x0 <= x <= x1 and y0 <= y <= y1:
+            out[(y - y0) * width + x - x0] = color
+    return bytes(out)
+
+
+def pixel_history(*, canvas_id: int, x: int, y: int) -> QuerySet:
+    """Every change at one pixel, newest first."""
+    return (
+        Placement.objects.filter(canvas_id=canvas_id, x=x, y=y)
+        .select_related("player")
+        .order_by("-seq")
+    )
+
+
+def player_summary(*, player: Player) -> PlayerSummary:
+    stats = Placement.objects.filter(player=player).aggregate(
+        count=Count("pk"), first=Min("placed_at"), last=Max("placed_at")
+    )
+    bans = ModerationAction.objects.filter(
+        player=player,
+        kind__in=[ModerationAction.KIND_BAN, ModerationAction.KIND_UNBAN],
+    ).order_by("-created_at")
+    return PlayerSummary(
+        placements=stats["count"],
+        first_placed_at=stats["first"],
+        last_placed_at=stats["last"],
+        bans=list(bans.select_related("moderator")),
+    )
+
+
+def rollbacks_active(*, canvas_id: int) -> QuerySet:
+    return ModerationAction.objects.filter(
+        canvas_id=canvas_id,
+        kind=ModerationAction.KIND_ROLLBACK,
+        undone_at__isnull=True,
+    )
