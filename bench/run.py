@@ -1,0 +1,551 @@
+"""The benchmark: `make bench`, or `.venv/bin/python bench/run.py SCENARIO [flags]`.
+
+Scenarios (default: all four, each beside the naive design of bench/naive.py):
+
+  fanout    --watchers 5000 --rate 1000 --seconds 20 --servers 2   (PostgreSQL+Redis)
+  ingest    --players 400 --seconds 15 --databases sqlite,postgres
+  snapshot  --sizes 1000,2000
+  idle      --connections 10000 --seconds 20
+
+Everything runs against 127.0.0.1 on fresh databases (PostgreSQL databases are
+created and dropped; Redis DB 8 is flushed), stops by itself, prints its figures
+and appends them to bench/RESULTS.md under the scenario's heading.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PLACE_TEST_REDIS_DB", "8")
+
+from bench import loadgen  # noqa: E402
+from tests import live  # noqa: E402
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+HEADINGS = {
+    "fanout": "## fan-out",
+    "ingest": "## ingest",
+    "snapshot": "## snapshot",
+    "idle": "## idle",
+}
+APPS = {"hub": "placeproject.asgi:application", "naive": "bench.naive:application"}
+SERVER_ENV = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "bench-only-secret-key-bench-only-secret-key",
+    "DJANGO_SECURE_SSL_REDIRECT": "false",
+    "PLACE_MESSAGE_RATE": "0",
+    "PLACE_MAX_CONNECTIONS_PER_IP": "0",
+    "PLACE_IP_LIMIT": "0",
+    "PLACE_LOG_LEVEL": "WARNING",
+}
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return (
+        f"{os.cpu_count()} cores, {model}, {mem_kb / 1024 / 1024:.1f} GiB RAM, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Meter:
+    """CPU of the servers and of the whole machine over a window."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self.cpu = [proc_cpu(p) for p in pids]
+        self.busy = machine_busy()
+        self.wall = time.monotonic()
+
+    def read(self) -> dict:
+        wall = time.monotonic() - self.wall
+        busy, total = machine_busy()
+        server = sum(proc_cpu(p) - c for p, c in zip(self.pids, self.cpu, strict=True))
+        return {
+            "wall": wall,
+            "server_cores": server / wall,
+            "machine_busy": (busy - self.busy[0]) / max(1, total - self.busy[1]),
+            "server_rss_mb": [round(proc_rss_mb(p), 1) for p in self.pids],
+        }
+
+
+# ------------------------------------------------------------------- stacks
+
+
+def stack_up(database: str, redis: bool, servers: int, app: str, extra=None):
+    tmp = Path(tempfile.mkdtemp(prefix="placebench-"))
+    stack = live.make_stack(
+        tmp,
+        database=database,
+        redis=redis,
+        servers=0,
+        env={**SERVER_ENV, **(extra or {})},
+    )
+    stack.manage("createcanvas", "bench", "--width", "1000", "--height", "1000")
+    stack.manage("createcanvas", "bench", "--cooldown", "0")
+    for _ in range(servers):
+        start_server(stack, APPS[app])
+    return stack
+
+
+def start_server(stack, app: str):
+    port = live.free_port()
+    log = stack.tmp / f"daphne-{port}.log"
+    script = (
+        "import resource,sys;"
+        "h=resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
+        "resource.setrlimit(resource.RLIMIT_NOFILE,(h,h));"
+        "from daphne.cli import CommandLineInterface as C;"
+        f"C().run(['-b','127.0.0.1','-p','{port}','{app}'])"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = live.Server(port=port, process=process, log=log)
+    stack.servers.append(server)
+    live.wait_ready(server)
+    return server
+
+
+def sessions(stack, count: int) -> list[str]:
+    """`count` anonymous sessions, made in the database directly (fast)."""
+    if not count:
+        return []
+    script = (
+        "import secrets,datetime\n"
+        "from django.utils import timezone\n"
+        "from django.contrib.sessions.models import Session\n"
+        "from django.contrib.sessions.backends.db import SessionStore\n"
+        "data=SessionStore().encode({'bench':True})\n"
+        f"keys=[secrets.token_hex(16) for _ in range({count})]\n"
+        "later=timezone.now()+datetime.timedelta(days=1)\n"
+        "Session.objects.bulk_create([Session(session_key=k,session_data=data,"
+        "expire_date=later) for k in keys])\n"
+        "print('\\n'.join(keys))\n"
+    )
+    out = stack.manage("shell", "-c", script).stdout.split()
+    return [k for k in out if len(k) == 32]
+
+
+def run_workers(jobs: list[dict], settle: float = 1.0, meter_pids=()):
+    """Start the workers, wait until every socket is open, go, gather reports."""
+    ctx = multiprocessing.get_context("fork")
+    ready, go, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    procs = [
+        ctx.Process(target=loadgen.run_worker, args=(job, ready, go, results))
+        for job in jobs
+    ]
+    for proc in procs:
+        proc.start()
+    opened = [ready.get(timeout=900) for _ in procs]
+    time.sleep(settle)
+    meter = Meter(list(meter_pids))
+    t0 = time.time() + 0.5
+    for _ in procs:
+        go.put(t0)
+    reports = [results.get(timeout=900) for _ in procs]
+    usage = meter.read()
+    for proc in procs:
+        proc.join(timeout=30)
+    return opened, reports, usage
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def fanout(args, design: str) -> dict:
+    stack = stack_up("postgres", True, args.servers, design)
+    try:
+        cookies = sessions(stack, args.placers)
+        ports = [s.port for s in stack.servers]
+        path = "/ws/canvases/bench/"
+        jobs = []
+        for i, count in enumerate(split(args.watchers, args.procs)):
+            jobs.append(
+                {
+                    "role": "watch",
+                    "host": "127.0.0.1",
+                    "port": ports[i % len(ports)],
+                    "path": path,
+                    "count": count,
+                    "sample": args.sample,
+                    "rate": args.rate,
+                    "width": 1000,
+                    "seconds": args.seconds,
+                    "drain": 3.0,
+                }
+            )
+        for i, chunk in enumerate(split(len(cookies), len(ports))):
+            start = sum(split(len(cookies), len(ports))[:i])
+            jobs.append(
+                {
+                    "role": "place",
+                    "host": "127.0.0.1",
+                    "port": ports[i],
+                    "path": path,
+                    "cookies": cookies[start : start + chunk],
+                    "rate": args.rate,
+                    "width": 1000,
+                    "height": 1000,
+                    "seconds": args.seconds,
+                    "stride": len(ports),
+                    "offset": i,
+                }
+            )
+        pids = [s.process.pid for s in stack.servers]
+        opened, reports, usage = run_workers(jobs, meter_pids=pids)
+    finally:
+        stack.stop()
+    watch = [r for r in reports if r["role"] == "watch"]
+    place = [r for r in reports if r["role"] == "place"]
+    final = max(r["max_seq"] for r in place)
+    expected = received = 0
+    for r in watch:
+        for got, hello in zip(r["received"], r["hello"], strict=True):
+            expected += max(0, final - hello)
+            received += got
+    latencies = [x for r in watch for x in r["latencies"]]
+    accepted = sum(r["accepted"] for r in place)
+    sockets = sum(r["sockets"] for r in watch)
+    return {
+        "design": design,
+        "watchers_open": sockets,
+        "watchers_failed": sum(r["failures"] for r in watch),
+        "placements_accepted": accepted,
+        "placements_per_s": round(accepted / args.seconds, 1),
+        "rejected": _merge([r["codes"] for r in place]),
+        "placer_max_late_s": round(max(r["late"] for r in place), 3),
+        "delivered_pct": round(100 * received / expected, 2) if expected else 0.0,
+        "latency_ms": {
+            "p50": round(pct(latencies, 0.5) * 1000, 1),
+            "p99": round(pct(latencies, 0.99) * 1000, 1),
+            "max": round(max(latencies, default=float("nan")) * 1000, 1),
+            "samples": len(latencies),
+        },
+        "frames_per_s_per_client": round(
+            sum(r["frames"] for r in watch) / max(1, sockets) / args.seconds, 2
+        ),
+        "seq_gaps": sum(r["gaps"] for r in watch),
+        "seq_repeats": sum(r["repeats"] for r in watch),
+        "closed_by_server": sum(r["closed_by_server"] for r in watch),
+        **_usage(usage, reports),
+    }
+
+
+def _merge(dicts) -> dict:
+    return loadgen._merge(dicts)
+
+
+def _usage(usage: dict, reports: list[dict]) -> dict:
+    return {
+        "server_cpu_cores": round(usage["server_cores"], 2),
+        "server_rss_mb": usage["server_rss_mb"],
+        "loadgen_cpu_cores": round(sum(r["cpu"] for r in reports) / usage["wall"], 2),
+        "loadgen_procs": len(reports),
+        "machine_busy_pct": round(usage["machine_busy"] * 100, 1),
+    }
+
+
+def ingest(args, design: str, database: str) -> dict:
+    stack = stack_up(database, True, args.servers, design)
+    try:
+        cookies = sessions(stack, args.players)
+        ports = [s.port for s in stack.servers]
+        jobs = []
+        parts = split(len(cookies), args.ingest_procs)
+        for i, count in enumerate(parts):
+            start = sum(parts[:i])
+            jobs.append(
+                {
+                    "role": "ingest",
+                    "host": "127.0.0.1",
+                    "port": ports[i % len(ports)],
+                    "path": "/ws/canvases/bench/",
+                    "cookies": cookies[start : start + count],
+                    "width": 1000,
+                    "height": 1000,
+                    "seconds": args.seconds,
+                }
+            )
+        pids = [s.process.pid for s in stack.servers]
+        _, reports, usage = run_workers(jobs, meter_pids=pids)
+        committed = stack.manage(
+            "shell",
+            "-c",
+            "from canvas.models import Placement;print(Placement.objects.count())",
+        ).stdout.split()[-1]
+    finally:
+        stack.stop()
+    accepted = sum(r["accepted"] for r in reports)
+    return {
+        "design": design,
+        "database": database,
+        "players": sum(r["sockets"] for r in reports),
+        "accepted": accepted,
+        "committed_rows": int(committed),
+        "accepted_per_s": round(accepted / args.seconds, 1),
+        "rejected": _merge([r["codes"] for r in reports]),
+        **_usage(usage, reports),
+    }
+
+
+def idle(args, design: str) -> dict:
+    stack = stack_up("postgres", True, args.servers, design)
+    try:
+        pids = [s.process.pid for s in stack.servers]
+        ports = [s.port for s in stack.servers]
+        time.sleep(2)
+        rss_before = sum(proc_rss_mb(p) for p in pids)
+        jobs = [
+            {
+                "role": "watch",
+                "host": "127.0.0.1",
+                "port": ports[i % len(ports)],
+                "path": "/ws/canvases/bench/",
+                "count": count,
+                "seconds": args.seconds,
+                "drain": 0.0,
+            }
+            for i, count in enumerate(split(args.connections, args.procs))
+        ]
+        opened, reports, usage = run_workers(jobs, settle=5.0, meter_pids=pids)
+    finally:
+        stack.stop()
+    sockets = sum(r["sockets"] for r in reports)
+    rss_after = sum(usage["server_rss_mb"])
+    return {
+        "design": design,
+        "connections_open": sockets,
+        "connections_failed": sum(r["failures"] for r in reports),
+        "server_rss_mb_before": round(rss_before, 1),
+        "server_rss_mb_after": round(rss_after, 1),
+        "kb_per_connection": round(
+            (rss_after - rss_before) * 1024 / max(1, sockets), 1
+        ),
+        "idle_cpu_pct_of_a_core": round(usage["server_cores"] * 100, 2),
+        "idle_window_s": round(usage["wall"], 1),
+        "closed_by_server": sum(r["closed_by_server"] for r in reports),
+        **_usage(usage, reports),
+    }
+
+
+def snapshot(args) -> list[dict]:
+    out = []
+    for database in ("postgres", "sqlite"):
+        tmp = Path(tempfile.mkdtemp(prefix="placebench-"))
+        stack = live.make_stack(tmp, database=database, servers=0, env=SERVER_ENV)
+        try:
+            sizes = [s.strip() for s in args.sizes.split(",")]
+            result = subprocess.run(
+                [sys.executable, str(ROOT / "bench" / "snapshot.py"), *sizes],
+                cwd=ROOT,
+                env=stack.env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=900,
+            )
+        finally:
+            stack.stop()
+        out.append({"database": database, **json.loads(result.stdout)})
+    return out
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def record(scenario: str, command: str, body: str) -> None:
+    block = (
+        f"\n### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+        f"- machine: {machine()}\n- load average before: {LOAD_BEFORE}, "
+        f"after: {loadavg()}\n- command: `{command}`\n\n{body}\n"
+    )
+    print(block)
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    heading = HEADINGS[scenario]
+    lines = text.splitlines(keepends=True)
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.strip() == heading)
+    except StopIteration:
+        RESULTS.write_text(text.rstrip("\n") + f"\n\n{heading}\n{block}")
+        return
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+        len(lines),
+    )
+    lines.insert(end, block + ("\n" if end < len(lines) else ""))
+    RESULTS.write_text("".join(lines))
+
+
+def table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+    return head + "".join(
+        "| " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |\n" for row in rows
+    )
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b else "inf"
+
+
+def main() -> None:
+    global LOAD_BEFORE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        default="all",
+        choices=["all", "fanout", "ingest", "snapshot", "idle"],
+    )
+    parser.add_argument("--watchers", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument("--procs", type=int, default=4, help="load processes")
+    parser.add_argument("--placers", type=int, default=200)
+    parser.add_argument("--sample", type=int, default=50, help="time 1 in N")
+    parser.add_argument("--players", type=int, default=400)
+    parser.add_argument("--ingest-procs", type=int, default=2)
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--sizes", default="1000,2000")
+    parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument("--no-naive", action="store_true")
+    args = parser.parse_args()
+    loadgen.raise_fd_limit()
+    command = "bench/run.py " + " ".join(sys.argv[1:])
+    scenarios = (
+        ["snapshot", "ingest", "fanout", "idle"]
+        if args.scenario == "all"
+        else [args.scenario]
+    )
+    designs = ["hub"] if args.no_naive else ["hub", "naive"]
+    for scenario in scenarios:
+        LOAD_BEFORE = loadavg()
+        if scenario == "snapshot":
+            rows = snapshot(args)
+            flat = []
+            for row in rows:
+                for size, figures in row.items():
+                    if size == "database":
+                        continue
+                    flat.append({"database": row["database"], "size": size, **figures})
+            notes = "".join(
+                f"- {r['database']} {r['size']}: warm board is "
+                f"{ratio(r['board_cold']['p50_ms'], r['board_warm']['p50_ms'])} "
+                "faster than the naive uncached read (= cold)\n"
+                for r in flat
+            )
+            record(scenario, command, table(flat) + "\n" + notes)
+        elif scenario == "ingest":
+            rows = []
+            for database in args.databases.split(","):
+                for design in designs:
+                    rows.append(ingest(args, design, database))
+            notes = "".join(
+                f"- {d}: group commit / naive = "
+                f"{ratio(_pick(rows, d, 'hub'), _pick(rows, d, 'naive'))}\n"
+                for d in args.databases.split(",")
+                if len(designs) == 2
+            )
+            record(scenario, command, table(rows) + "\n" + notes)
+        elif scenario == "fanout":
+            rows = [fanout(args, design) for design in designs]
+            note = ""
+            if len(rows) == 2:
+                note = (
+                    "- delivered changes, hub / naive: "
+                    f"{ratio(rows[0]['delivered_pct'], rows[1]['delivered_pct'])}; "
+                    "server CPU, naive / hub: "
+                    f"{ratio(rows[1]['server_cpu_cores'], rows[0]['server_cpu_cores'])}"
+                    "\n"
+                )
+            record(scenario, command, table(rows) + "\n" + note)
+        elif scenario == "idle":
+            rows = [idle(args, design) for design in designs]
+            note = ""
+            if len(rows) == 2:
+                hub, naive = rows
+                memory = ratio(naive["kb_per_connection"], hub["kb_per_connection"])
+                cpu = ratio(
+                    naive["idle_cpu_pct_of_a_core"], hub["idle_cpu_pct_of_a_core"]
+                )
+                note = (
+                    f"- memory per connection, naive / hub: {memory}; "
+                    f"idle CPU, naive / hub: {cpu}\n"
+                )
+            record(scenario, command, table(rows) + "\n" + note)
+
+
+def _pick(rows, database, design) -> float:
+    for row in rows:
+        if row["database"] == database and row["design"] == design:
+            return row["accepted_per_s"]
+    return 0.0
+
+
+LOAD_BEFORE = ""
+
+if __name__ == "__main__":
+    main()
