@@ -1,0 +1,81 @@
+"""Management commands: `rollback` prints exactly the contract's one line."""
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from canvas import services
+from canvas.models import ModerationAction, Placement, Player
+
+
+def rollback(*args: str) -> str:
+    out = StringIO()
+    call_command("rollback", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def griefed(make_canvas):
+    """alice paints (0,0) and (1,0); bob then paints over (1,0)."""
+    canvas = make_canvas(slug="main2", cooldown=0)
+    alice = Player.objects.create(name="alice")
+    bob = Player.objects.create(name="bob")
+    for player, x, color in [(alice, 0, 5), (alice, 1, 5), (bob, 1, 9)]:
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=player.pk, x=x, y=0, color=color
+        )
+    return canvas
+
+
+def test_rollback_prints_placements_and_changed_pixels(griefed):
+    assert rollback("main2", "--user", "alice") == (
+        "2 placements rolled back, 1 pixels changed\n"
+    )
+    action = ModerationAction.objects.get()
+    assert (action.reason, action.moderator) == ("manage.py rollback", None)
+
+
+def test_dry_run_prints_what_would_happen_and_changes_nothing(griefed):
+    assert rollback("main2", "--user", "alice", "--dry-run") == (
+        "would roll back 2 placements, change 1 pixels\n"
+    )
+    assert not Placement.objects.filter(rolled_back=True).exists()
+    assert not ModerationAction.objects.exists()
+
+
+def test_region_bounds_are_inclusive(griefed):
+    out = rollback("main2", "--region", "1", "0", "1", "0", "--reason", "test")
+    assert out == "2 placements rolled back, 1 pixels changed\n"
+    assert ModerationAction.objects.get().reason == "test"
+
+
+def test_several_users_and_a_time_window(griefed):
+    since = (timezone.now() - timedelta(minutes=5)).isoformat()
+    until = (timezone.now() + timedelta(minutes=5)).replace(tzinfo=None).isoformat()
+    out = rollback(
+        "main2", "--user", "alice", "bob", "--since", since, "--until", until
+    )
+    assert out == "3 placements rolled back, 2 pixels changed\n"
+
+
+def test_window_before_any_placement_rolls_back_nothing(griefed):
+    out = rollback("main2", "--until", "2001-01-01T00:00:00Z")
+    assert out == "0 placements rolled back, 0 pixels changed\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope", "--user", "alice"], "no canvas 'nope'"),
+        (["main2", "--user", "mallory"], "no player named mallory"),
+        (["main2"], "Choose placements, players, a time window or a region."),
+        (["main2", "--region", "0", "0", "99", "0"], "The region must lie inside"),
+    ],
+)
+def test_bad_arguments_are_errors(griefed, args, message):
+    with pytest.raises(CommandError, match=message):
+        rollback(*args)
+    assert not ModerationAction.objects.exists()
