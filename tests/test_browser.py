@@ -436,3 +436,37 @@ def test_first_full_paint_is_measured(stack, open_page):
     ).json_value()
     assert duration > 0
     print(f"first full paint of 1000x1000: {duration:.0f} ms")
+
+
+def test_production_mode_serves_hashed_static_files(tmp_path, browser, errors):
+    """DJANGO_DEBUG=false under daphne: collected, hashed, cached for a year."""
+    static_root = tmp_path / "static"
+    env = {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "browser-test-secret-key-not-for-production-use-0123",
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_STATIC_ROOT": str(static_root),
+    }
+    stack = make_stack(tmp_path, servers=0, env=env)
+    try:
+        stack.manage("collectstatic", "--noinput")
+        server = stack.start_server()
+        with urllib.request.urlopen(server.url + "/") as r:
+            html = r.read().decode()
+        names = re.findall(r"/static/canvas/place\.([0-9a-f]{12})\.(js|css)", html)
+        assert {ext for _, ext in names} == {"js", "css"}, html[:400]
+        script = next(f"/static/canvas/place.{h}.js" for h, ext in names if ext == "js")
+        with urllib.request.urlopen(server.url + script) as r:
+            assert b"'use strict'" in r.read()
+            assert "max-age=315360000" in r.headers["Cache-Control"]
+        context = browser.new_context(viewport=DESKTOP)
+        try:
+            page = context.new_page()
+            errors.watch(page)
+            page.goto(server.url + "/c/main/")
+            wait_live(page)
+            assert page.locator('[data-color="15"]').is_visible()
+        finally:
+            context.close()
+    finally:
+        stack.stop()
