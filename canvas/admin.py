@@ -1,8 +1,61 @@
-"""Django admin for moderators: a first look at every model."""
+"""Django admin for moderators: history, players, canvases and moderation actions.
 
-from django.contrib import admin
+Every change a moderator makes goes through canvas/moderation.py, so it is
+recorded, broadcast live and logged; no model here is edited directly.
+"""
 
-from .models import Canvas, Connection, Cooldown, Placement, Player
+import base64
+from urllib.parse import urlencode
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from . import moderation
+from . import moderation_forms as forms
+from . import moderation_selectors as mod_selectors
+from .models import Canvas, Connection, Cooldown, ModerationAction, Placement, Player
+
+# Pages never count more rows than this; filters narrow long histories instead.
+COUNT_CAP = 10_000
+# Before/after pictures are skipped for regions larger than this many pixels.
+PREVIEW_MAX_PIXELS = 1_000_000
+PERM_ROLLBACK = "canvas.rollback_placements"
+PERM_BAN = "canvas.ban_player"
+PERM_CANVAS = "canvas.moderate_canvas"
+
+
+class CappedPaginator(Paginator):
+    """Counts at most COUNT_CAP + 1 rows, so a page view never counts millions."""
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list.order_by().values("pk")[: COUNT_CAP + 1].count()
+
+
+def _require(request: HttpRequest, perm: str) -> None:
+    if not request.user.has_perm(perm):
+        raise PermissionDenied
+
+
+def _log(model_admin, request: HttpRequest, action: ModerationAction, msg: str) -> None:
+    """Record the action in Django's admin log as well as the moderation log."""
+    model_admin.log_addition(request, action, msg)
+
+
+def _png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def history_url(**params) -> str:
+    return reverse("admin:canvas_placement_changelist") + "?" + urlencode(params)
 
 
 @admin.register(Canvas)
@@ -15,9 +68,118 @@ class CanvasAdmin(admin.ModelAdmin):
         "cooldown_seconds",
         "is_open",
         "seq",
+        "moderate_link",
     ]
-    readonly_fields = ["seq", "created_at", "width", "height"]
+    # Size, cooldown and pause change through services, which tell live sockets.
+    readonly_fields = [
+        "seq",
+        "created_at",
+        "width",
+        "height",
+        "cooldown_seconds",
+        "is_open",
+    ]
     search_fields = ["slug", "title"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # `manage.py createcanvas` also creates the board's chunks
+
+    @admin.display(description="moderate")
+    def moderate_link(self, obj: Canvas) -> str:
+        url = reverse("admin:canvas_canvas_moderate", args=[obj.pk])
+        return format_html('<a href="{}">moderate</a>', url)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:pk>/moderate/",
+                view(self.moderate_view),
+                name="canvas_canvas_moderate",
+            ),
+            path(
+                "<int:pk>/region.png",
+                view(self.region_png_view),
+                name="canvas_canvas_region_png",
+            ),
+            *super().get_urls(),
+        ]
+
+    def moderate_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Pause or resume, set the cooldown, pick a region to roll back or see."""
+        _require(request, "canvas.view_canvas")
+        canvas = get_object_or_404(Canvas, pk=pk)
+        open_form = forms.ReasonForm(prefix="open")
+        cooldown_form = forms.CooldownForm(
+            prefix="cooldown", initial={"cooldown_seconds": canvas.cooldown_seconds}
+        )
+        if request.method == "POST":
+            _require(request, PERM_CANVAS)
+            if "open-reason" in request.POST:
+                open_form = forms.ReasonForm(request.POST, prefix="open")
+                if open_form.is_valid():
+                    action = moderation.canvas_set_open(
+                        canvas_id=canvas.pk,
+                        is_open=not canvas.is_open,
+                        reason=open_form.cleaned_data["reason"],
+                        moderator_id=request.user.pk,
+                    )
+                    return self._done(request, action, canvas)
+            else:
+                cooldown_form = forms.CooldownForm(request.POST, prefix="cooldown")
+                if cooldown_form.is_valid():
+                    action = moderation.canvas_set_cooldown(
+                        canvas_id=canvas.pk,
+                        cooldown_seconds=cooldown_form.cleaned_data["cooldown_seconds"],
+                        reason=cooldown_form.cleaned_data["reason"],
+                        moderator_id=request.user.pk,
+                    )
+                    return self._done(request, action, canvas)
+        region_form = forms.RegionForm(request.GET or None)
+        region_src = None
+        if region_form.is_valid():
+            region_src = (
+                reverse("admin:canvas_canvas_region_png", args=[canvas.pk])
+                + "?"
+                + request.GET.urlencode()
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Moderate {canvas.slug}",
+            "canvas": canvas,
+            "open_form": open_form,
+            "cooldown_form": cooldown_form,
+            "region_form": region_form,
+            "region_src": region_src,
+            "scope_form": forms.ScopeForm(initial={"canvas": canvas}),
+            "rollback_url": reverse("admin:canvas_moderationaction_rollback"),
+            "can_moderate": request.user.has_perm(PERM_CANVAS),
+            "can_rollback": request.user.has_perm(PERM_ROLLBACK),
+        }
+        return TemplateResponse(request, "admin/canvas/canvas_moderate.html", context)
+
+    def _done(self, request, action: ModerationAction, canvas: Canvas):
+        _log(self, request, action, f"{action.get_kind_display()} on {canvas.slug}")
+        self.message_user(request, f"Done: {action.get_kind_display()}.")
+        return redirect("admin:canvas_canvas_moderate", pk=canvas.pk)
+
+    def region_png_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """A region of the canvas as it was at `at`, reconstructed from history."""
+        _require(request, "canvas.view_canvas")
+        canvas = get_object_or_404(Canvas, pk=pk)
+        form = forms.RegionForm(request.GET)
+        if not form.is_valid():
+            return HttpResponse(form.errors.as_text(), status=400)
+        data = form.cleaned_data
+        region = mod_selectors.region_clip(
+            canvas=canvas, region=(data["x0"], data["y0"], data["x1"], data["y1"])
+        )
+        at = data.get("at")
+        seq = mod_selectors.seq_at(canvas=canvas, at=at) if at else canvas.seq
+        pixels = mod_selectors.region_at_seq(canvas=canvas, region=region, seq=seq)
+        png = mod_selectors.region_png(canvas=canvas, region=region, data=pixels)
+        return HttpResponse(png, content_type="image/png")
 
 
 @admin.register(Placement)
@@ -29,17 +191,30 @@ class PlacementAdmin(admin.ModelAdmin):
         "y",
         "color",
         "previous_color",
-        "player",
+        "player_link",
         "placed_at",
         "kind",
         "rolled_back",
+        "pixel_link",
     ]
     list_filter = ["canvas", "kind", "rolled_back"]
     search_fields = ["player__name"]
     raw_id_fields = ["player"]
-    ordering = ["-placed_at"]
-    # History tables grow to millions of rows; avoid a full COUNT per page.
+    # Newest first by primary key: an index every row has, with no sort on disk.
+    ordering = ["-pk"]
+    paginator = CappedPaginator
     show_full_result_count = False
+    actions = ["rollback_selected"]
+    change_list_template = "admin/canvas/placement/change_list.html"
+    # The history form's fields: region (inclusive) and time range, as lookups.
+    RANGE_FIELDS = [
+        ("x__gte", "x from"),
+        ("x__lte", "x to"),
+        ("y__gte", "y from"),
+        ("y__lte", "y to"),
+        ("placed_at__gte", "since"),
+        ("placed_at__lte", "until"),
+    ]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -47,12 +222,293 @@ class PlacementAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history is the record; rollbacks mark it, never delete it
+
+    def has_rollback_permission(self, request) -> bool:
+        return request.user.has_perm(PERM_ROLLBACK)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("canvas", "player")
+
+    def changelist_view(self, request, extra_context=None):
+        fields = [
+            (name, label, request.GET.get(name, ""))
+            for name, label in self.RANGE_FIELDS
+        ]
+        kept = [
+            (key, value)
+            for key, value in request.GET.items()
+            if key not in dict(self.RANGE_FIELDS)
+        ]
+        extra = {"range_fields": fields, "kept_params": kept}
+        return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    @admin.display(description="player", ordering="player__name")
+    def player_link(self, obj: Placement) -> str:
+        if obj.player is None:
+            return "-"
+        url = reverse("admin:canvas_player_change", args=[obj.player_id])
+        return format_html('<a href="{}">{}</a>', url, obj.player.name)
+
+    @admin.display(description="pixel history")
+    def pixel_link(self, obj: Placement) -> str:
+        url = history_url(canvas__id__exact=obj.canvas_id, x=obj.x, y=obj.y)
+        return format_html('<a href="{}">({}, {})</a>', url, obj.x, obj.y)
+
+    @admin.action(
+        description="Roll back selected placements…", permissions=["rollback"]
+    )
+    def rollback_selected(self, request, queryset):
+        canvases = set(queryset.values_list("canvas_id", flat=True).distinct())
+        if len(canvases) != 1:
+            self.message_user(
+                request, "Select placements of one canvas at a time.", messages.ERROR
+            )
+            return None
+        ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
+        query = urlencode({"canvas": canvases.pop(), "ids": ids})
+        return redirect(reverse("admin:canvas_moderationaction_rollback") + "?" + query)
+
 
 @admin.register(Player)
 class PlayerAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "banned_until", "created_at"]
+    list_display = ["name", "user", "banned_until", "created_at", "history_link"]
     search_fields = ["name", "user__username"]
     raw_id_fields = ["user"]
+    readonly_fields = [
+        "banned_until",
+        "ban_reason",
+        "placements_count",
+        "first_placement",
+        "last_placement",
+        "bans",
+        "history_link",
+    ]
+    change_form_template = "admin/canvas/player/change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False  # players come from accounts and sessions
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj.summary = mod_selectors.player_summary(player=obj)
+        return obj
+
+    @admin.display(description="placements")
+    def placements_count(self, obj: Player) -> int:
+        return obj.summary.placements
+
+    @admin.display(description="first placement")
+    def first_placement(self, obj: Player):
+        return obj.summary.first_placed_at or "-"
+
+    @admin.display(description="last placement")
+    def last_placement(self, obj: Player):
+        return obj.summary.last_placed_at or "-"
+
+    @admin.display(description="bans")
+    def bans(self, obj: Player) -> str:
+        if not obj.summary.bans:
+            return "-"
+        return format_html(
+            "<br>".join(["{}"] * len(obj.summary.bans)),
+            *[
+                f"{a.created_at:%Y-%m-%d %H:%M} {a.kind} by "
+                f"{a.moderator or 'command line'}: {a.reason}"
+                for a in obj.summary.bans
+            ],
+        )
+
+    @admin.display(description="history")
+    def history_link(self, obj: Player) -> str:
+        return format_html(
+            '<a href="{}">placements</a>', history_url(player__id__exact=obj.pk)
+        )
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<int:pk>/ban/", view(self.ban_view), name="canvas_player_ban"),
+            path("<int:pk>/unban/", view(self.unban_view), name="canvas_player_unban"),
+            *super().get_urls(),
+        ]
+
+    def ban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        _require(request, PERM_BAN)
+        player = get_object_or_404(Player, pk=pk)
+        form = forms.BanForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            action = moderation.player_ban(
+                player_id=player.pk,
+                reason=form.cleaned_data["reason"],
+                duration=form.duration(),
+                rollback_hours=form.cleaned_data.get("rollback_hours"),
+                moderator_id=request.user.pk,
+            )
+            _log(self, request, action, f"banned {player.name}")
+            self.message_user(request, f"{player.name} is banned.")
+            return redirect("admin:canvas_player_change", player.pk)
+        return _form_page(request, self, f"Ban {player.name}", form, "Ban")
+
+    def unban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        _require(request, PERM_BAN)
+        player = get_object_or_404(Player, pk=pk)
+        form = forms.ReasonForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            action = moderation.player_unban(
+                player_id=player.pk,
+                reason=form.cleaned_data["reason"],
+                moderator_id=request.user.pk,
+            )
+            _log(self, request, action, f"unbanned {player.name}")
+            self.message_user(request, f"{player.name} may place again.")
+            return redirect("admin:canvas_player_change", player.pk)
+        return _form_page(request, self, f"Unban {player.name}", form, "Unban")
+
+
+def _form_page(request, model_admin, title: str, form, submit: str) -> HttpResponse:
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": title,
+        "form": form,
+        "submit": submit,
+    }
+    return TemplateResponse(request, "admin/canvas/moderation_form.html", context)
+
+
+@admin.register(ModerationAction)
+class ModerationActionAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "kind",
+        "canvas",
+        "player",
+        "moderator",
+        "reason",
+        "placements_count",
+        "pixels_count",
+        "undone_at",
+    ]
+    list_filter = ["kind", "canvas", "created_at"]
+    search_fields = ["reason", "player__name", "moderator__username"]
+    ordering = ["-created_at"]
+    paginator = CappedPaginator
+    show_full_result_count = False
+    change_form_template = "admin/canvas/moderationaction/change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "rollback/",
+                view(self.rollback_view),
+                name="canvas_moderationaction_rollback",
+            ),
+            path(
+                "<int:pk>/undo/",
+                view(self.undo_view),
+                name="canvas_moderationaction_undo",
+            ),
+            *super().get_urls(),
+        ]
+
+    def rollback_view(self, request: HttpRequest) -> HttpResponse:
+        """Preview a rollback (counts, before and after) and apply it with a reason."""
+        _require(request, PERM_ROLLBACK)
+        scope_form = forms.ScopeForm(request.GET)
+        reason_form = forms.ReasonForm(request.POST or None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Roll back placements",
+            "scope_form": scope_form,
+            "reason_form": reason_form,
+        }
+        if not scope_form.is_valid():
+            return TemplateResponse(request, "admin/canvas/rollback.html", context)
+        canvas = scope_form.cleaned_data["canvas"]
+        scope = scope_form.scope()
+        try:
+            if request.method == "POST" and reason_form.is_valid():
+                action = moderation.placements_rollback(
+                    canvas_id=canvas.pk,
+                    scope=scope,
+                    reason=reason_form.cleaned_data["reason"],
+                    moderator_id=request.user.pk,
+                )
+                message = (
+                    f"{action.placements_count} placements rolled back, "
+                    f"{action.pixels_count} pixels changed"
+                )
+                _log(self, request, action, message)
+                self.message_user(request, message)
+                return redirect("admin:canvas_moderationaction_change", action.pk)
+            preview = moderation.rollback_preview(canvas=canvas, scope=scope)
+        except moderation.ModerationError as error:
+            scope_form.add_error(None, str(error))
+            return TemplateResponse(request, "admin/canvas/rollback.html", context)
+        context.update(canvas=canvas, preview=preview, **_pictures(canvas, preview))
+        return TemplateResponse(request, "admin/canvas/rollback.html", context)
+
+    def undo_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        _require(request, PERM_ROLLBACK)
+        action = get_object_or_404(ModerationAction, pk=pk)
+        form = forms.ReasonForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                undo = moderation.rollback_undo(
+                    action_id=action.pk,
+                    reason=form.cleaned_data["reason"],
+                    moderator_id=request.user.pk,
+                )
+            except moderation.ModerationError as error:
+                form.add_error(None, str(error))
+            else:
+                message = (
+                    f"undid {action}: {undo.placements_count} placements restored, "
+                    f"{undo.pixels_count} pixels changed"
+                )
+                _log(self, request, undo, message)
+                self.message_user(request, message)
+                return redirect("admin:canvas_moderationaction_change", undo.pk)
+        return _form_page(request, self, f"Undo {action}", form, "Undo")
+
+
+def _pictures(canvas: Canvas, preview: moderation.RollbackPreview) -> dict:
+    """Before and after PNGs of the preview's bounds, as data URIs."""
+    if preview.bounds is None:
+        return {}
+    region = preview.bounds
+    x0, y0, x1, y1 = region
+    if (x1 - x0 + 1) * (y1 - y0 + 1) > PREVIEW_MAX_PIXELS:
+        return {}
+    before = mod_selectors.board_region(canvas=canvas, region=region)
+    after = mod_selectors.region_with_changes(
+        region=region, data=before, changes=preview.changes
+    )
+    scale = max(1, min(16, 480 // max(x1 - x0 + 1, y1 - y0 + 1)))
+    return {
+        "before_png": _png_data_uri(
+            mod_selectors.region_png(canvas=canvas, region=region, data=before)
+        ),
+        "after_png": _png_data_uri(
+            mod_selectors.region_png(canvas=canvas, region=region, data=after)
+        ),
+        "picture_width": (x1 - x0 + 1) * scale,
+        "generated_at": timezone.now(),
+    }
 
 
 @admin.register(Cooldown)

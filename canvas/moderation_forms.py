@@ -1,0 +1,91 @@
+"""Forms for the moderation pages in admin; they parse input, services decide."""
+
+from datetime import timedelta
+
+from django import forms
+
+from .models import Canvas, Player
+from .moderation import Scope
+
+REASON_HELP = "Kept with the action and shown in the moderation log."
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(max_length=500, help_text=REASON_HELP)
+
+
+class ScopeForm(forms.Form):
+    """A rollback scope from a query string, so a preview can be linked and shared."""
+
+    canvas = forms.ModelChoiceField(queryset=Canvas.objects.all())
+    ids = forms.CharField(required=False, help_text="placement ids, comma-separated")
+    players = forms.CharField(
+        required=False, help_text="player names, separated by spaces or commas"
+    )
+    since = forms.DateTimeField(required=False, help_text="inclusive, UTC")
+    until = forms.DateTimeField(required=False, help_text="inclusive, UTC")
+    x0 = forms.IntegerField(required=False, min_value=0)
+    y0 = forms.IntegerField(required=False, min_value=0)
+    x1 = forms.IntegerField(required=False, min_value=0)
+    y1 = forms.IntegerField(required=False, min_value=0)
+
+    def clean_ids(self) -> tuple[int, ...]:
+        raw = self.cleaned_data["ids"].replace(",", " ").split()
+        if not all(part.isdigit() for part in raw):
+            raise forms.ValidationError("Placement ids are whole numbers.")
+        return tuple(int(part) for part in raw)
+
+    def clean_players(self) -> tuple[int, ...]:
+        names = set(self.cleaned_data["players"].replace(",", " ").split())
+        found = dict(Player.objects.filter(name__in=names).values_list("pk", "name"))
+        missing = sorted(names - set(found.values()))
+        if missing:
+            raise forms.ValidationError(f"No player named {', '.join(missing)}.")
+        return tuple(sorted(found))
+
+    def clean(self) -> dict:
+        data = super().clean()
+        corners = [data.get(name) for name in ("x0", "y0", "x1", "y1")]
+        if any(c is not None for c in corners) and None in corners:
+            raise forms.ValidationError("Give all four region bounds, or none.")
+        return data
+
+    def scope(self) -> Scope:
+        data = self.cleaned_data
+        corners = tuple(data.get(name) for name in ("x0", "y0", "x1", "y1"))
+        return Scope(
+            placement_ids=data["ids"],
+            player_ids=data["players"],
+            since=data.get("since"),
+            until=data.get("until"),
+            region=corners if None not in corners else None,
+        )
+
+
+class BanForm(ReasonForm):
+    hours = forms.FloatField(
+        required=False, min_value=0.01, help_text="leave empty to ban for good"
+    )
+    rollback_hours = forms.FloatField(
+        required=False,
+        min_value=0.01,
+        help_text="also roll back their placements of the last N hours",
+    )
+
+    def duration(self) -> timedelta | None:
+        hours = self.cleaned_data.get("hours")
+        return timedelta(hours=hours) if hours else None
+
+
+class CooldownForm(ReasonForm):
+    cooldown_seconds = forms.IntegerField(min_value=0)
+
+
+class RegionForm(forms.Form):
+    """A region of a canvas at an instant, for a picture reconstructed from history."""
+
+    x0 = forms.IntegerField(min_value=0)
+    y0 = forms.IntegerField(min_value=0)
+    x1 = forms.IntegerField(min_value=0)
+    y1 = forms.IntegerField(min_value=0)
+    at = forms.DateTimeField(required=False, help_text="UTC; empty: now")

@@ -1,0 +1,240 @@
+"""Admin moderation: a moderator inspects, previews, rolls back, undoes, bans."""
+
+import importlib
+
+import pytest
+from django.apps import apps as django_apps
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.urls import reverse
+
+from canvas import selectors, services
+from canvas.models import Canvas, ModerationAction, Placement, Player
+
+group_migration = importlib.import_module("canvas.migrations.0005_moderators_group")
+
+
+@pytest.fixture
+def moderators(db):
+    """The group the migration made (made again if a flushing test removed it)."""
+    group_migration.create_group(django_apps, None)
+    return Group.objects.get(name="Moderators")
+
+
+@pytest.fixture
+def moderator(client, moderators):
+    user = get_user_model().objects.create_user(
+        username="mod", password="pw-123456!", is_staff=True
+    )
+    user.groups.add(moderators)
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def griefed(make_canvas):
+    """bob paints (1,1) blue; alice paints over it and over (2,1)."""
+    canvas = make_canvas(cooldown=0)
+    alice = Player.objects.create(name="alice")
+    bob = Player.objects.create(name="bob")
+    for player, x, color in [(bob, 1, 12), (alice, 1, 5), (alice, 2, 5)]:
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=player.pk, x=x, y=1, color=color
+        )
+    return canvas, alice, bob
+
+
+def test_moderators_group_has_exactly_the_moderation_permissions(moderators):
+    codenames = set(moderators.permissions.values_list("codename", flat=True))
+    assert codenames == {
+        "view_canvas",
+        "view_placement",
+        "view_player",
+        "view_moderationaction",
+        "rollback_placements",
+        "ban_player",
+        "moderate_canvas",
+    }
+
+
+def test_history_filters_by_region_time_and_player(moderator, client, griefed):
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_placement_changelist")
+    response = client.get(
+        url,
+        {
+            "canvas__id__exact": canvas.pk,
+            "x__gte": 2,
+            "x__lte": 2,
+            "y__gte": 0,
+            "y__lte": 1,
+            "placed_at__gte": "2000-01-01T00:00Z",
+        },
+    )
+    assert response.status_code == 200
+    assert [p.seq for p in response.context["cl"].result_list] == [3]
+    response = client.get(url, {"player__id__exact": alice.pk})
+    assert [p.seq for p in response.context["cl"].result_list] == [3, 2]
+    response = client.get(url, {"q": "bob"})
+    assert [p.seq for p in response.context["cl"].result_list] == [1]
+
+
+def test_pixel_history_lists_every_change_newest_first(moderator, client, griefed):
+    canvas, _, _ = griefed
+    response = client.get(
+        reverse("admin:canvas_placement_changelist"),
+        {"canvas__id__exact": canvas.pk, "x": 1, "y": 1},
+    )
+    assert [p.seq for p in response.context["cl"].result_list] == [2, 1]
+
+
+def test_player_page_shows_counts_and_history_link(moderator, client, griefed):
+    _, alice, _ = griefed
+    response = client.get(reverse("admin:canvas_player_change", args=[alice.pk]))
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "placements" in content
+    assert f"player__id__exact={alice.pk}" in content
+    assert reverse("admin:canvas_player_ban", args=[alice.pk]) in content
+
+
+def test_rollback_preview_shows_counts_and_pictures_then_applies(
+    moderator, client, griefed
+):
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    query = f"?canvas={canvas.pk}&players=alice"
+    response = client.get(url + query)
+    assert response.status_code == 200
+    preview = response.context["preview"]
+    assert (preview.placements, preview.pixels) == (2, 2)
+    assert response.context["before_png"].startswith("data:image/png;base64,")
+    assert not Placement.objects.filter(rolled_back=True).exists()
+
+    refused = client.post(url + query, {"reason": ""})
+    assert refused.status_code == 200
+    assert not ModerationAction.objects.exists()
+
+    response = client.post(url + query, {"reason": "griefing"})
+    action = ModerationAction.objects.get()
+    assert response.status_code == 302
+    assert (action.moderator, action.reason) == (moderator, "griefing")
+    assert (action.placements_count, action.pixels_count) == (2, 2)
+    assert LogEntry.objects.filter(object_id=str(action.pk)).exists()
+    canvas.refresh_from_db()
+    board = selectors.board_assemble(canvas)
+    assert (board[canvas.width + 1], board[canvas.width + 2]) == (12, 0)
+    assert canvas.seq == 5
+
+
+def test_selected_placements_action_leads_to_the_preview(moderator, client, griefed):
+    canvas, _, _ = griefed
+    ids = list(Placement.objects.filter(seq__in=[2, 3]).values_list("pk", flat=True))
+    response = client.post(
+        reverse("admin:canvas_placement_changelist"),
+        {"action": "rollback_selected", "_selected_action": ids},
+    )
+    assert response.status_code == 302
+    preview = client.get(response.url)
+    shown = preview.context["preview"]
+    assert (shown.placements, shown.pixels) == (2, 2)
+
+
+def test_undo_restores_the_rollback(moderator, client, griefed):
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    client.post(url + f"?canvas={canvas.pk}&players=alice", {"reason": "grief"})
+    action = ModerationAction.objects.get()
+    page = client.get(reverse("admin:canvas_moderationaction_change", args=[action.pk]))
+    undo_url = reverse("admin:canvas_moderationaction_undo", args=[action.pk])
+    assert undo_url in page.content.decode()
+    response = client.post(undo_url, {"reason": "wrong player"})
+    assert response.status_code == 302
+    undo = ModerationAction.objects.get(kind=ModerationAction.KIND_UNDO)
+    assert (undo.placements_count, undo.pixels_count) == (2, 2)
+    assert not Placement.objects.filter(rolled_back=True).exists()
+
+
+def test_ban_and_unban_from_the_player_page(moderator, client, griefed):
+    _, alice, _ = griefed
+    response = client.post(
+        reverse("admin:canvas_player_ban", args=[alice.pk]),
+        {"reason": "grief", "hours": "", "rollback_hours": "1"},
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.is_banned()
+    assert Placement.objects.filter(player=alice, rolled_back=True).count() == 2
+    client.post(
+        reverse("admin:canvas_player_unban", args=[alice.pk]), {"reason": "appeal"}
+    )
+    alice.refresh_from_db()
+    assert not alice.is_banned()
+
+
+def test_pause_and_cooldown_from_the_canvas_page(moderator, client, griefed):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_canvas_moderate", args=[canvas.pk])
+    assert client.get(url).status_code == 200
+    client.post(url, {"open-reason": "raid"})
+    assert not Canvas.objects.get(pk=canvas.pk).is_open
+    client.post(url, {"cooldown-cooldown_seconds": "60", "cooldown-reason": "event"})
+    assert Canvas.objects.get(pk=canvas.pk).cooldown_seconds == 60
+    kinds = ModerationAction.objects.order_by("pk").values_list("kind", flat=True)
+    assert list(kinds) == ["pause", "cooldown"]
+
+
+def test_region_picture_at_an_instant_is_a_png(moderator, client, griefed):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_canvas_region_png", args=[canvas.pk])
+    response = client.get(url, {"x0": 0, "y0": 0, "x1": 3, "y1": 2})
+    assert response["Content-Type"] == "image/png"
+    assert response.content.startswith(b"\x89PNG")
+    old = client.get(url, {"x0": 0, "y0": 0, "x1": 3, "y1": 2, "at": "2001-01-01"})
+    assert old.status_code == 200
+
+
+def test_moderation_log_lists_actions(moderator, client, griefed):
+    canvas, alice, _ = griefed
+    client.post(reverse("admin:canvas_player_ban", args=[alice.pk]), {"reason": "spam"})
+    response = client.get(reverse("admin:canvas_moderationaction_changelist"))
+    assert response.status_code == 200
+    assert "spam" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("admin:canvas_placement_changelist", []),
+        ("admin:canvas_moderationaction_rollback", []),
+        ("admin:canvas_canvas_moderate", ["canvas"]),
+        ("admin:canvas_player_ban", ["player"]),
+    ],
+)
+def test_non_staff_users_never_reach_moderation(client, griefed, name, args):
+    canvas, alice, _ = griefed
+    ids = {"canvas": canvas.pk, "player": alice.pk}
+    user = get_user_model().objects.create_user(username="eve", password="pw-1234567")
+    client.force_login(user)
+    response = client.get(reverse(name, args=[ids[a] for a in args]))
+    assert response.status_code == 302
+    assert "/admin/login/" in response.url
+    response = client.post(
+        reverse("admin:canvas_player_ban", args=[alice.pk]), {"reason": "x"}
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert not alice.is_banned()
+
+
+def test_staff_without_the_permission_cannot_roll_back(client, griefed):
+    canvas, _, _ = griefed
+    user = get_user_model().objects.create_user(
+        username="helper", password="pw-1234567", is_staff=True
+    )
+    client.force_login(user)
+    url = reverse("admin:canvas_moderationaction_rollback")
+    response = client.post(f"{url}?canvas={canvas.pk}&players=alice", {"reason": "x"})
+    assert response.status_code == 403
+    assert not ModerationAction.objects.exists()
