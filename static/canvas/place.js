@@ -219,7 +219,7 @@
     const t = target();
     if (!t) { reticle.hidden = true; return; }
     const r = boardRect();
-    const size = Math.max(cam.z, 6);
+    const size = Math.max(cam.z, 4) + 6; // a frame around the pixel
     reticle.hidden = false;
     reticle.style.transform = 'translate(' +
       ((t.x + 0.5 - cam.cx) * cam.z + r.width / 2 - size / 2) + 'px,' +
