@@ -8,26 +8,27 @@ rollback releases only what no other rollback still covers.
 
 Every pixel a moderator changes becomes a Placement of kind "moderation" with
 its own seq, broadcast after commit like a player's placement. Large rollbacks
-run in horizontal bands, one transaction each, so live placements wait for one
-band at most, never for the whole rollback.
+run in batches of whole pixels, one transaction each, so live placements wait
+for one batch at most, never for the whole rollback.
 """
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Max, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import broadcast, services
-from .models import CHUNK_SIZE, Canvas, Cooldown, ModerationAction, Placement, Player
+from .models import Canvas, Cooldown, ModerationAction, Placement, Player
 from .moderation_selectors import board_region
 from .protocol import Update
 
-# Rows of pixels per transaction; a band's work is what live placements may wait for.
-BAND_ROWS = CHUNK_SIZE
+# Placements per transaction (more when one pixel has more); one batch's work is
+# what live placements may wait for.
+BATCH_PLACEMENTS = 5000
 # Updates per broadcast message, so one huge rollback is not one huge frame.
 PUBLISH_BATCH = 5000
 # A ban "forever" is a ban until this instant.
@@ -122,13 +123,24 @@ def _scope_check(*, canvas: Canvas, scope: Scope) -> None:
             raise ModerationError(MSG_BAD_REGION)
 
 
-def _bands(*, pending: QuerySet) -> list[tuple[int, int]]:
-    """Inclusive y ranges of at most BAND_ROWS rows covering the pending rows."""
-    low_high = pending.aggregate(low=Min("y"), high=Max("y"))
-    if low_high["low"] is None:
-        return []
-    low, high = low_high["low"], low_high["high"]
-    return [(y, min(y + BAND_ROWS - 1, high)) for y in range(low, high + 1, BAND_ROWS)]
+def _batches(*, pending: QuerySet) -> list[list[int]]:
+    """Ids of `pending` in batches of about BATCH_PLACEMENTS, never splitting a pixel.
+
+    Pixels are independent, so each batch is rolled back on its own.
+    """
+    rows = sorted(pending.values_list("y", "x", "pk").iterator(chunk_size=10000))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    last = None
+    for y, x, pk in rows:
+        if len(current) >= BATCH_PLACEMENTS and (x, y) != last:
+            batches.append(current)
+            current = []
+        current.append(pk)
+        last = (x, y)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _plan(
@@ -208,7 +220,7 @@ def _canvas_lock(canvas_id: int) -> int:
 
 
 def _action_add(*, action_id: int, placements: int, updates: list[Update]) -> None:
-    """Add one band's counts and seqs to its action, in the band's transaction."""
+    """Add one batch's counts and seqs to its action, in the batch's transaction."""
     fields = {
         "placements_count": F("placements_count") + placements,
         "pixels_count": F("pixels_count") + len(updates),
@@ -280,20 +292,21 @@ def placements_rollback(
     )
     in_scope = scope.q(canvas_id=canvas_id, upto_seq=upto_seq)
     pending = Placement.objects.filter(in_scope, rolled_back=False)
-    for y0, y1 in _bands(pending=pending):
-        _rollback_band(action=action, in_scope=in_scope & Q(y__gte=y0, y__lte=y1))
+    for ids in _batches(pending=pending):
+        _rollback_batch(action=action, ids=ids)
     action.refresh_from_db()
     return action
 
 
-def _rollback_band(*, action: ModerationAction, in_scope: Q) -> None:
+def _rollback_batch(*, action: ModerationAction, ids: list[int]) -> None:
     with transaction.atomic():
         _canvas_lock(action.canvas_id)
-        pending = Placement.objects.filter(in_scope, rolled_back=False)
+        # Rechecked under the lock: another rollback may have marked some since.
+        pending = Placement.objects.filter(pk__in=ids, rolled_back=False)
         changes = _plan(
             canvas_id=action.canvas_id,
             candidates=pending,
-            visible=Q(rolled_back=False) & ~in_scope,
+            visible=Q(rolled_back=False) & ~Q(pk__in=ids),
         )
         marked = pending.update(rolled_back=True, rolled_back_by=action)
         updates = _board_write(
@@ -335,16 +348,16 @@ def rollback_undo(
             undo_of=action,
         )
     owned = Placement.objects.filter(rolled_back_by=action)
-    for y0, y1 in _bands(pending=owned):
-        _undo_band(action=action, undo=undo, band=Q(y__gte=y0, y__lte=y1))
+    for ids in _batches(pending=owned):
+        _undo_batch(action=action, undo=undo, ids=ids)
     undo.refresh_from_db()
     return undo
 
 
-def _undo_band(*, action: ModerationAction, undo: ModerationAction, band: Q) -> None:
+def _undo_batch(*, action: ModerationAction, undo: ModerationAction, ids: list) -> None:
     with transaction.atomic():
         _canvas_lock(action.canvas_id)
-        owned = Placement.objects.filter(band, rolled_back_by=action)
+        owned = Placement.objects.filter(pk__in=ids, rolled_back_by=action)
         others = ModerationAction.objects.filter(
             canvas_id=action.canvas_id,
             kind=ModerationAction.KIND_ROLLBACK,

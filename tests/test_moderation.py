@@ -252,8 +252,10 @@ def test_a_reason_is_required(make_canvas, run):
     assert str(error.value) == moderation.MSG_REASON_REQUIRED
 
 
-def test_rollback_in_many_bands_equals_one_band(make_canvas, players, run, monkeypatch):
-    monkeypatch.setattr(moderation, "BAND_ROWS", 1)
+def test_rollback_in_many_batches_equals_one_batch(
+    make_canvas, players, run, monkeypatch
+):
+    monkeypatch.setattr(moderation, "BATCH_PLACEMENTS", 1)
     canvas = make_canvas(cooldown=0)
     alice, bob, _ = players
     for y in range(5):
@@ -405,7 +407,9 @@ def test_board_always_equals_replay_and_stream(
 ):
     width, height = 4, 3
     stream.clear()
-    monkeypatch.setattr(moderation, "BAND_ROWS", data.draw(st.sampled_from([1, 64])))
+    monkeypatch.setattr(
+        moderation, "BATCH_PLACEMENTS", data.draw(st.sampled_from([1, 5000]))
+    )
     canvas = make_canvas(
         slug=f"p{Canvas.objects.count()}", width=width, height=height, cooldown=0
     )
