@@ -303,12 +303,12 @@ def _rollback_batch(*, action: ModerationAction, ids: list[int]) -> None:
         _canvas_lock(action.canvas_id)
         # Rechecked under the lock: another rollback may have marked some since.
         pending = Placement.objects.filter(pk__in=ids, rolled_back=False)
+        marked = pending.update(rolled_back=True, rolled_back_by=action)
         changes = _plan(
             canvas_id=action.canvas_id,
-            candidates=pending,
-            visible=Q(rolled_back=False) & ~Q(pk__in=ids),
+            candidates=Placement.objects.filter(pk__in=ids, rolled_back_by=action),
+            visible=Q(rolled_back=False),
         )
-        marked = pending.update(rolled_back=True, rolled_back_by=action)
         updates = _board_write(
             canvas_id=action.canvas_id, changes=changes, now=timezone.now()
         )
