@@ -75,6 +75,7 @@ def stack(tmp_path_factory):
             ("zoom", 64, 3),
             ("drag", 64, 3),
             ("phone", 64, 3),
+            ("keys", 64, 3),
         ]:
             stack.manage(
                 "createcanvas",
@@ -359,6 +360,126 @@ def test_a_phone_places_by_tap_with_palette_and_cooldown_in_reach(stack, open_pa
         "el => /0:0\\d/.test(el.textContent)",
         arg=page.locator('[data-role="cooldown"]').element_handle(),
     )
+
+
+def test_choosing_a_pixel_without_a_colour_inspects_it(stack, open_page):
+    url = stack.servers[0].url
+
+    async def paint():
+        async with Player(stack.servers[0].ws, "t", anonymous_cookie(url)) as p:
+            assert (await p.place(50, 50, 8))["type"] == "accepted"
+            return p.hello["user"]
+
+    painter = run_async(paint())
+    page = open_page(f"{url}/c/t/?x=50&y=50&z=10")
+    click_pixel(page, 50, 50)
+    inspector = page.locator('[data-role="inspector"]')
+    inspector.wait_for(state="visible")
+    assert "(50, 50) yellow" in inspector.inner_text()
+    assert f"placed by {painter}" in inspector.inner_text()
+    assert "ago" in inspector.inner_text()
+    inspector.get_by_role("button", name="Close the inspector").click()
+    inspector.wait_for(state="hidden")
+    click_pixel(page, 51, 50)
+    inspector.wait_for(state="visible")
+    assert "never placed" in inspector.inner_text()
+
+
+def test_palette_and_placing_work_from_the_keyboard(stack, open_page):
+    url = stack.servers[0].url
+    colours = palette(url, "keys")
+    page = open_page(f"{url}/c/keys/?x=20&y=20&z=8")
+    buttons = page.locator("button[data-color]")
+    assert buttons.count() == 16
+    assert buttons.nth(3).get_attribute("aria-label") == "black"
+    buttons.nth(0).focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    assert buttons.nth(2).get_attribute("aria-pressed") == "true"
+    page.locator('[data-role="board"]').focus()
+    page.keyboard.press("ArrowLeft")  # one step: 40 screen px = 5 pixels
+    page.keyboard.press("Enter")
+    wait_view(page, lambda v: v[0] == 15)
+    page.keyboard.press("Escape")  # drops the colour, and its preview on the pixel
+    wait_colours(page, {(15, 20): colours[2]})
+    assert board_bytes(url, "keys")[20 * 64 + 15] == 2
+
+
+ALERT_SPY = """
+window.__alerts = { beeps: 0, notes: [] };
+window.__hidden = false;
+Object.defineProperty(Document.prototype, 'hidden', { get: () => window.__hidden });
+const createOscillator = AudioContext.prototype.createOscillator;
+AudioContext.prototype.createOscillator = function () {
+  window.__alerts.beeps += 1;
+  return createOscillator.call(this);
+};
+window.Notification = class extends EventTarget {
+  static permission = 'granted';
+  static requestPermission() { return Promise.resolve('granted'); }
+  constructor(title, options) { super(); window.__alerts.notes.push(options.body); }
+};
+"""
+
+
+def test_opted_in_players_hear_and_see_when_the_cooldown_ends(stack, browser, errors):
+    context = browser.new_context(viewport=DESKTOP)
+    context.add_init_script(ALERT_SPY)
+    try:
+        page = context.new_page()
+        errors.watch(page)
+        page.goto(f"{stack.servers[0].url}/c/keys/?x=40&y=40&z=8")
+        wait_live(page)
+        alert = page.locator('[data-role="notify"]')
+        alert.click()
+        assert alert.get_attribute("aria-pressed") == "true"
+        page.locator('[data-color="9"]').click()
+        click_pixel(page, 44, 44)
+        cooldown = page.locator('[data-role="cooldown"]').element_handle()
+        page.wait_for_function("el => /0:0\\d/.test(el.textContent)", arg=cooldown)
+        page.evaluate("() => { window.__hidden = true; }")  # the player looks away
+        page.wait_for_function("el => /ready/i.test(el.textContent)", arg=cooldown)
+        page.wait_for_function("() => window.__alerts.beeps === 1")
+        assert page.evaluate("() => window.__alerts.notes") == [
+            "You can place a pixel again."
+        ]
+    finally:
+        context.close()
+
+
+def test_a_phone_pans_with_one_finger_and_pinches_to_zoom(stack, open_page):
+    url = stack.servers[0].url
+    page = open_page(f"{url}/c/phone/?x=32&y=32&z=4", **PHONE)
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator('[data-role="board"]').bounding_box()
+    cx, cy = box["width"] / 2, box["height"] / 2
+
+    def touch(kind: str, points: list[tuple[float, float]]) -> None:
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {
+                "type": kind,
+                "touchPoints": [
+                    {"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)
+                ],
+            },
+        )
+
+    touch("touchStart", [(cx, cy)])
+    for step in range(1, 9):
+        touch("touchMove", [(cx - step * 10, cy - step * 5)])
+    touch("touchEnd", [])
+    x, y, z = wait_view(page, lambda v: v[0] > 32)
+    assert y > 32 and z == 4
+
+    touch("touchStart", [(cx - 30, cy), (cx + 30, cy)])
+    for step in range(1, 11):
+        touch("touchMove", [(cx - 30 - step * 10, cy), (cx + 30 + step * 10, cy)])
+    touch("touchEnd", [])
+    wait_view(page, lambda v: v[2] > 8)
+    page.wait_for_timeout(300)
+    assert set(board_bytes(url, "phone")) <= {0, 13}  # only the earlier tap
 
 
 # Chromium itself logs a failed socket or fetch while the server is down; those
