@@ -19,6 +19,7 @@
   const inspectorEl = $('inspector');
   const notifyEl = $('notify');
   const swatches = Array.from(document.querySelectorAll('[data-color]'));
+  const nextLinks = Array.from(document.querySelectorAll('a[href*="next="]'));
   const api = '/api/canvases/' + encodeURIComponent(config.slug) + '/';
   const baseTitle = document.title;
   const names = config.paletteNames || [];
@@ -166,6 +167,12 @@
     q.set('y', String(Math.floor(cam.cy)));
     q.set('z', String(Math.round(cam.z * 100) / 100));
     history.replaceState(null, '', location.pathname + '?' + q.toString());
+    // Log in and sign up come back to this very view.
+    nextLinks.forEach(function (a) {
+      const url = new URL(a.href);
+      url.searchParams.set('next', location.pathname + location.search);
+      a.href = url.pathname + url.search;
+    });
   }
 
   // ---- drawing, once per animation frame at most ----
