@@ -482,6 +482,39 @@ def test_a_phone_pans_with_one_finger_and_pinches_to_zoom(stack, open_page):
     assert set(board_bytes(url, "phone")) <= {0, 13}  # only the earlier tap
 
 
+def test_visitors_watch_until_they_sign_up_from_the_page(tmp_path, open_page):
+    stack = make_stack(tmp_path, env={"PLACE_REQUIRE_LOGIN": "true"})
+    try:
+        stack.manage("createcanvas", "s", "--width", "32", "--height", "32")
+        url = stack.servers[0].url
+        colours = palette(url, "s")
+        page = open_page(f"{url}/c/s/?x=16&y=16&z=8")
+        assert "log in" in page.locator('[data-role="cooldown"]').inner_text().lower()
+        assert "watching live" in page.locator(".join").inner_text()
+        page.locator('[data-color="5"]').click()
+        click_pixel(page, 16, 16)
+        message = page.locator('[data-role="message"]')
+        message.wait_for(state="visible")
+        assert "log in or sign up" in message.inner_text().lower()
+
+        page.locator('[data-role="board"]').focus()
+        page.keyboard.press("ArrowRight")
+        wait_view(page, lambda v: v[0] == 21)
+        page.locator(".account").get_by_role("link", name="Sign up").click()
+        page.fill("input[name=username]", "painter")
+        page.fill("input[name=password1]", "a-long-pass-phrase-42")
+        page.fill("input[name=password2]", "a-long-pass-phrase-42")
+        page.get_by_role("button", name="Sign up").click()
+        page.wait_for_url("**/c/s/?x=21&y=16&z=8")
+        wait_live(page)
+        assert page.locator(".account .who").inner_text() == "painter"
+        page.locator('[data-color="5"]').click()
+        click_pixel(page, 21, 16)
+        wait_colours(page, {(21, 16): colours[5]})
+    finally:
+        stack.stop()
+
+
 # Chromium itself logs a failed socket or fetch while the server is down; those
 # lines are the outage being noticed, not page errors.
 OUTAGE_NOISE = re.compile(
