@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from . import broadcast, metrics, services
@@ -79,9 +78,16 @@ def _commit_canvas(canvas_id: int, batch: list[PlaceRequest]) -> list[Outcome]:
 
 
 def _validate(canvas: Canvas, batch: list[PlaceRequest], now: datetime) -> list:
-    ids = {r.player_id for r in batch if r.player_id}
-    players = Player.objects.select_related("user").in_bulk(ids)
+    ids = sorted({r.player_id for r in batch if r.player_id})
     age_check = getattr(services, "_account_age_check", None)
+    if getattr(settings, "PLACE_MIN_ACCOUNT_AGE", 0) <= 0:
+        age_check = None
+    rows = Player.objects.select_related("user") if age_check else Player.objects
+    if connection.vendor == "postgresql":
+        rows = rows.extra(where=['"canvas_player"."id" = ANY(%s)'], params=[ids])
+    else:
+        rows = rows.filter(pk__in=ids)
+    players = {player.pk: player for player in rows}
     outcomes: list = []
     for request in batch:
         player = players.get(request.player_id) if request.player_id else None
@@ -118,14 +124,7 @@ def _take_set_based(canvas, batch, candidates, outcomes, now) -> list[int]:
     if not first:
         return []
     player_ids = sorted(first)
-    Cooldown.objects.bulk_create(
-        [
-            Cooldown(canvas_id=canvas.pk, player_id=p, next_at=services.EPOCH)
-            for p in player_ids
-        ],
-        ignore_conflicts=True,
-    )
-    taken = _cooldowns_update(canvas, player_ids, now)
+    taken = _cooldowns_take(canvas, player_ids, now)
     losers = [p for p in player_ids if p not in taken]
     if losers:
         rows = Cooldown.objects.filter(canvas_id=canvas.pk, player_id__in=losers)
@@ -135,25 +134,65 @@ def _take_set_based(canvas, batch, candidates, outcomes, now) -> list[int]:
     return sorted(first[p] for p in taken)
 
 
-def _cooldowns_update(canvas: Canvas, player_ids: list[int], now: datetime) -> set:
+def _cooldowns_take(canvas: Canvas, player_ids: list[int], now: datetime) -> set:
+    """The players whose cooldown this call started (each at most once).
+
+    One conditional UPDATE for players with a cooldown row; one INSERT ... ON
+    CONFLICT DO NOTHING for first-timers, where a row inserted meanwhile by
+    another process counts as a loss, as a concurrent placement would.
+    """
     table = Cooldown._meta.db_table
     ops = connection.ops
     next_at = ops.adapt_datetimefield_value(
         now + timedelta(seconds=canvas.cooldown_seconds)
     )
+    now_db = ops.adapt_datetimefield_value(now)
     taken: set[int] = set()
-    for start in range(0, len(player_ids), 500):
-        chunk = player_ids[start : start + 500]
-        marks = ",".join(["%s"] * len(chunk))
-        sql = (
-            f"UPDATE {table} SET next_at = %s WHERE canvas_id = %s"
-            f" AND player_id IN ({marks}) AND next_at <= %s RETURNING player_id"
-        )
-        now_db = ops.adapt_datetimefield_value(now)
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [next_at, canvas.pk, *chunk, now_db])
+    with connection.cursor() as cursor:
+        for ids in _slices(player_ids, 500):
+            where, params = _in("player_id", ids)
+            cursor.execute(
+                f"UPDATE {table} SET next_at = %s WHERE canvas_id = %s"
+                f" AND {where} AND next_at <= %s RETURNING player_id",
+                [next_at, canvas.pk, *params, now_db],
+            )
+            taken.update(row[0] for row in cursor.fetchall())
+        rest = [p for p in player_ids if p not in taken]
+        for ids in _slices(rest, 500):
+            where, params = _in("player_id", ids)
+            cursor.execute(
+                f"SELECT player_id FROM {table} WHERE canvas_id = %s AND {where}",
+                [canvas.pk, *params],
+            )
+            have = {row[0] for row in cursor.fetchall()}
+            new = [p for p in ids if p not in have]
+            if not new:
+                continue
+            cursor.execute(
+                f"INSERT INTO {table} (canvas_id, player_id, next_at) VALUES "
+                + ",".join(["(%s, %s, %s)"] * len(new))
+                + " ON CONFLICT (canvas_id, player_id) DO NOTHING RETURNING player_id",
+                [v for p in new for v in (canvas.pk, p, next_at)],
+            )
             taken.update(row[0] for row in cursor.fetchall())
     return taken
+
+
+def _slices(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(count: int, mark: str = "%s") -> str:
+    return ",".join([mark] * count)
+
+
+def _in(column: str, values: list) -> tuple[str, list]:
+    """`column IN (...)`; one array parameter on PostgreSQL, whose driver would
+    otherwise re-parse a query text that differs with every batch size."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({_marks(len(values))})", list(values)
 
 
 def _take_one_by_one(canvas, batch, candidates, outcomes, now) -> list[int]:
@@ -187,43 +226,89 @@ def _write(canvas, batch, winners, outcomes, now) -> None:
     for offset, i in enumerate(winners):
         request, seq = batch[i], first + offset
         rows.append(
-            Placement(
-                canvas_id=canvas.pk,
-                seq=seq,
-                x=request.x,
-                y=request.y,
-                color=request.color,
-                previous_color=previous[offset],
-                player_id=request.player_id,
-                placed_at=now,
+            (
+                seq,
+                request.x,
+                request.y,
+                request.color,
+                previous[offset],
+                request.player_id,
             )
         )
         updates.append((seq, request.x, request.y, request.color))
         outcomes[i] = services.PlacementResult(
             seq=seq, cooldown_remaining=float(canvas.cooldown_seconds)
         )
-    Placement.objects.bulk_create(rows, batch_size=500)
+    _placements_insert(canvas.pk, rows, now)
     broadcast.publish_on_commit(canvas_id=canvas.pk, updates=updates)
+
+
+VARYING = ("seq", "x", "y", "color", "previous_color", "player_id")
+
+
+def _placements_insert(canvas_id: int, rows: list[tuple], now: datetime) -> None:
+    """Multi-row INSERTs of history rows.
+
+    Every column other than VARYING takes the value a default-built Placement
+    would have, prepared once per batch, so fields added to the model later
+    with a default still get it; the ORM's per-object preparation was the
+    single largest cost of a batch.
+    """
+    proto = Placement(canvas_id=canvas_id, placed_at=now, seq=0, x=0, y=0, color=0)
+    proto.previous_color = 0
+    fields = [f for f in Placement._meta.concrete_fields if not f.primary_key]
+    fixed = {
+        f.attname: f.get_db_prep_save(getattr(proto, f.attname), connection)
+        for f in fields
+        if f.attname not in VARYING
+    }
+    columns = list(VARYING) + list(fixed)
+    constant = list(fixed.values())
+    quote = connection.ops.quote_name
+    column = {f.attname: quote(f.column) for f in fields}
+    head = (
+        f"INSERT INTO {quote(Placement._meta.db_table)} "
+        f"({', '.join(column[name] for name in columns)}) VALUES "
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement for the whole batch: a column array per VARYING field.
+            types = {f.attname: f.db_type(connection) for f in fields}
+            arrays = ", ".join(f"%s::{types[name]}[]" for name in VARYING)
+            consts = ", ".join(f"%s::{types[name]}" for name in fixed)
+            cursor.execute(
+                head.replace(
+                    " VALUES ", f" SELECT u.*, {consts} FROM unnest({arrays}) u"
+                ),
+                constant + [list(column) for column in zip(*rows, strict=True)],
+            )
+            return
+        cursor.executemany(
+            head + "(" + _marks(len(columns)) + ")",
+            [(*row, *constant) for row in rows],
+        )
 
 
 def chunks_apply_many(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list:
     """Like services.chunks_apply, reading and writing only the touched chunks."""
     keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
     chunks: dict[tuple[int, int], bytearray] = {}
-    for start in range(0, len(keys), 200):
-        where = Q()
-        for cx, cy in keys[start : start + 200]:
-            where |= Q(cx=cx, cy=cy)
-        rows = Chunk.objects.filter(where, canvas_id=canvas_id)
-        for cx, cy, data in rows.values_list("cx", "cy", "data"):
-            chunks[(cx, cy)] = bytearray(data)
+    table = Chunk._meta.db_table
+    with connection.cursor() as cursor:
+        for part in _slices(keys, 500):
+            where, params = _in("cx * 65536 + cy", [cx * 65536 + cy for cx, cy in part])
+            cursor.execute(
+                f"SELECT cx, cy, data FROM {table} WHERE canvas_id = %s AND {where}",
+                [canvas_id, *params],
+            )
+            for cx, cy, data in cursor.fetchall():
+                chunks[(cx, cy)] = bytearray(data)
     previous = []
     for x, y, color in changes:
         data = chunks[(x // CHUNK_SIZE, y // CHUNK_SIZE)]
         offset = (y % CHUNK_SIZE) * CHUNK_SIZE + (x % CHUNK_SIZE)
         previous.append(data[offset])
         data[offset] = color
-    table = Chunk._meta.db_table
     with connection.cursor() as cursor:
         cursor.executemany(
             f"UPDATE {table} SET data = %s"

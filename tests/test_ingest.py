@@ -8,7 +8,7 @@ from django.db import DatabaseError, OperationalError
 
 from canvas import exceptions as exc
 from canvas import ingest, selectors
-from canvas.models import Chunk, Cooldown, Placement, Player
+from canvas.models import Cooldown, Placement, Player
 
 from .conftest import adb, connect, send, session_key_create
 
@@ -100,7 +100,8 @@ async def test_a_database_failure_fails_the_whole_batch_and_writes_nothing(
     def broken(*args, **kwargs):
         raise OperationalError("disk on fire")
 
-    monkeypatch.setattr(Placement.objects, "bulk_create", broken)
+    # Fails after the cooldowns, seqs and chunks of the batch were written.
+    monkeypatch.setattr(ingest, "_placements_insert", broken)
     results = await submit_all(
         [ingest.PlaceRequest(canvas.pk, p, i, 0, 4) for i, p in enumerate(ids)]
     )
@@ -126,7 +127,7 @@ async def test_the_consumer_answers_unavailable_when_the_batch_fails(
     def broken(*args, **kwargs):
         raise OperationalError("gone")
 
-    monkeypatch.setattr(Chunk.objects, "filter", broken)
+    monkeypatch.setattr(ingest, "_placements_insert", broken)
     await send(client, {"type": "place", "x": 1, "y": 1, "color": 2})
     reply = json.loads(await client.receive_from(timeout=5))
     assert reply["type"] == "rejected" and reply["code"] == "unavailable"
