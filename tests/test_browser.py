@@ -51,12 +51,17 @@ def hex_rgb(colour: str) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module")
 def browser():
+    message = None
     if not shutil.which(CHROMIUM):
         message = f"Chromium not found at {CHROMIUM}; install Debian's chromium"
-        if svc.in_ci():
-            pytest.fail(f"{message}; CI must provide it", pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        message = "Playwright for Python is not installed (requirements-dev.txt)"
+    if message and svc.in_ci():
+        pytest.fail(f"{message}; CI must provide it", pytrace=False)
+    if message:
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
@@ -67,7 +72,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, browser):
+    """Skips (via `browser`) before starting servers when there is no Chromium."""
     stack = make_stack(tmp_path_factory.mktemp("browser"))
     try:
         for slug, size, cooldown in [
