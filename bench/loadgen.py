@@ -89,17 +89,21 @@ class Socket(asyncio.Protocol):
             del buffer[: start + length]
             if opcode == 1:
                 self.on_message(payload)
+            elif opcode == 9:  # daphne's keepalive ping: answer as browsers do
+                self.send_frame(0x8A, payload)
             elif opcode == 8:
                 if len(payload) >= 2:
                     self.close_code = struct.unpack("!H", payload[:2])[0]
                 self.transport.close()
 
     def send_text(self, text: str) -> None:
-        payload = text.encode()
+        self.send_frame(0x81, text.encode())
+
+    def send_frame(self, first: int, payload: bytes) -> None:
         mask = os.urandom(4)
         n = len(payload)
         header = (
-            bytes([0x81, 0x80 | n]) if n < 126 else struct.pack("!BBH", 0x81, 254, n)
+            bytes([first, 0x80 | n]) if n < 126 else struct.pack("!BBH", first, 254, n)
         )
         masked = (
             int.from_bytes(payload, "big")
@@ -174,7 +178,8 @@ class Watcher:
 
 
 async def _open_many(host, port, path, count, make_handler, cookies=None):
-    sem = asyncio.Semaphore(100)
+    # Daphne gives a handshake websocket_connect_timeout; don't queue past it.
+    sem = asyncio.Semaphore(25)
     sockets, handlers, failures = [], [], 0
 
     async def one(i):

@@ -18,6 +18,7 @@ from channels.db import database_sync_to_async  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.db import DatabaseError  # noqa: E402
 from django.urls import path  # noqa: E402
 
@@ -26,6 +27,14 @@ from canvas import exceptions as exc  # noqa: E402
 
 # The naive design sends its own per-pixel message; skip the product's outbox.
 broadcast.publish_on_commit = lambda **kwargs: None
+# ... on the channels-redis core layer, the documented default (before first use).
+if settings.REDIS_URL:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [settings.REDIS_URL]},
+        }
+    }
 
 
 def _identify(scope: dict):

@@ -37,6 +37,7 @@ HEADINGS = {
     "snapshot": "## snapshot",
     "idle": "## idle",
 }
+# `layers` is a fan-out detail: it records under the fan-out heading.
 APPS = {"hub": "placeproject.asgi:application", "naive": "bench.naive:application"}
 SERVER_ENV = {
     "DJANGO_DEBUG": "false",
@@ -136,7 +137,9 @@ def start_server(stack, app: str):
         "h=resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
         "resource.setrlimit(resource.RLIMIT_NOFILE,(h,h));"
         "from daphne.cli import CommandLineInterface as C;"
-        f"C().run(['-b','127.0.0.1','-p','{port}','{app}'])"
+        f"C().run(['-b','127.0.0.1','-p','{port}',"
+        "'--websocket_connect_timeout','120',"
+        f"'{app}'])"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -336,6 +339,7 @@ def ingest(args, design: str, database: str) -> dict:
         "design": design,
         "database": database,
         "players": sum(r["sockets"] for r in reports),
+        "players_failed": sum(r["failures"] for r in reports),
         "accepted": accepted,
         "committed_rows": int(committed),
         "accepted_per_s": round(accepted / args.seconds, 1),
@@ -406,6 +410,21 @@ def snapshot(args) -> list[dict]:
     return out
 
 
+def layers() -> list[dict]:
+    """channels-redis core vs pub/sub for the hubs' traffic (bench/layers.py)."""
+    url = live.svc.REDIS_URL
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "layers.py"), url, "3000", "200"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": url},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # ------------------------------------------------------------------ reporting
 
 
@@ -457,7 +476,7 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=["all", "fanout", "ingest", "snapshot", "idle"],
+        choices=["all", "fanout", "ingest", "snapshot", "idle", "layers"],
     )
     parser.add_argument("--watchers", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=1000)
@@ -483,7 +502,9 @@ def main() -> None:
     designs = ["hub"] if args.no_naive else ["hub", "naive"]
     for scenario in scenarios:
         LOAD_BEFORE = loadavg()
-        if scenario == "snapshot":
+        if scenario == "layers":
+            record("fanout", command, table(layers()) + "\n")
+        elif scenario == "snapshot":
             rows = snapshot(args)
             flat = []
             for row in rows:
