@@ -103,12 +103,13 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     # Pub/sub, not the core layer, by measurement (bench/RESULTS.md, fan-out):
     # the only group traffic is one message per canvas per 20 ms per process to
-    # the hubs, and there pub/sub's group_send took 0.26 ms against 4.1 ms with
-    # delivery p50 0.4 ms against 19 ms. It keeps no capacity, expiry or group
-    # expiry: nothing is queued for a dead process, subscriptions live as long
-    # as the process, and a message lost on a Redis restart or a slow
-    # subscriber is refilled from the database by the hub's gap check
-    # (PLACE_GAP_TIMEOUT). Redis's own client-output-buffer-limit for pubsub
+    # the hubs, and there pub/sub's group_send took 0.30 ms against 0.87 ms and
+    # delivered at p50 0.4 ms against 1.0 ms (4.1 ms and 19 ms for core on a
+    # loaded machine, where its blocking pops also timed out). No capacity,
+    # expiry or group expiry to set: nothing is queued for a dead process,
+    # subscriptions live as long as the process, and a message lost on a Redis
+    # restart or a slow subscriber is refilled from the database by the hub's
+    # gap check (PLACE_GAP_TIMEOUT). Redis's own client-output-buffer-limit for pubsub
     # (default 32mb hard, 8mb/60 s soft) bounds a stalled process.
     CHANNEL_LAYERS = {
         "default": {
