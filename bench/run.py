@@ -141,6 +141,9 @@ def start_server(stack, app: str):
         "'--websocket_connect_timeout','120',"
         f"'{app}'])"
     )
+    if os.environ.get("BENCH_PROFILE"):  # a directory: cProfile each server there
+        out = Path(os.environ["BENCH_PROFILE"]) / f"daphne-{port}.prof"
+        script = f"import cProfile;cProfile.run({script!r},{str(out)!r})"
     process = subprocess.Popen(
         [sys.executable, "-c", script],
         cwd=ROOT,

@@ -275,11 +275,18 @@ class Registry:
 def _daphne_socket(listener: Listener) -> WebSocketProtocol | None:
     """The autobahn protocol behind a consumer served by daphne, else None.
 
-    Daphne hands each consumer `send=partial(server.handle_reply, protocol)`;
+    Daphne hands each application `send=partial(server.handle_reply, protocol)`;
     writing a prepared frame straight to that protocol skips the ASGI hop and
     the per-socket framing. Anything else (tests' communicators) uses deliver().
     """
     send = getattr(listener, "base_send", None)
+    # Channels' session middleware wraps send (to save sessions on accept and
+    # HTTP responses, not on frames); look through such wrappers.
+    for _ in range(5):
+        inner = getattr(getattr(send, "__self__", None), "real_send", None)
+        if inner is None:
+            break
+        send = inner
     if isinstance(send, functools.partial) and send.args:
         wire = send.args[0]
         if isinstance(wire, WebSocketProtocol):

@@ -77,6 +77,21 @@ async def test_a_socket_that_fell_behind_is_closed_with_4010_and_fed_no_more(hub
     assert slow.wire.transport.written == []
 
 
+async def test_the_fast_path_looks_through_the_session_middlewares_send(hub):
+    class SessionWrapper:
+        def __init__(self, real_send):
+            self.real_send = real_send
+
+        async def send(self, message):
+            await self.real_send(message)
+
+    listener = Listener()
+    listener.base_send = SessionWrapper(listener.base_send).send
+    hub.join(listener)
+    await hub.send_all("frame")
+    assert listener.wire.transport.written and listener.delivered == []
+
+
 async def test_sockets_not_served_by_daphne_still_get_frames_through_deliver(hub):
     class Plain:
         ready = True
