@@ -9,9 +9,14 @@ TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/place
 
 .PHONY: run test lint format bench clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# Two stamps: `run` needs only the product's requirements, `test` the test tools too.
+$(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
@@ -19,18 +24,18 @@ run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest
 	DATABASE_URL=$(TEST_POSTGRES_URL) $(PY) -m pytest -m "not browser and not live"
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(PY) bench/run.py
 
 clean:

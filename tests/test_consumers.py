@@ -256,3 +256,16 @@ async def test_after_hello_the_stream_carries_exactly_the_next_seqs(
     assert seen == list(range(start + 1, 16))
     for client in [*placers, watcher]:
         await client.disconnect()
+
+
+async def test_paused_canvas_refuses_with_canvas_closed(canvas, player_session):
+    from canvas.models import Canvas
+
+    client, _ = await connect("test", session_key=player_session)
+    await adb(Canvas.objects.filter(slug="test").update)(is_open=False)
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    rejected = await receive_type(client, "rejected")
+    assert rejected["code"] == "canvas_closed"
+    assert rejected["message"] == exc.MSG_CANVAS_CLOSED
+    assert not await adb(Placement.objects.exists)()
+    await client.disconnect()
