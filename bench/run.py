@@ -330,6 +330,7 @@ def ingest(args, design: str, database: str) -> dict:
             )
         pids = [s.process.pid for s in stack.servers]
         _, reports, usage = run_workers(jobs, meter_pids=pids)
+        batches = batch_figures(stack) if design == "hub" else {}
         committed = stack.manage(
             "shell",
             "-c",
@@ -347,7 +348,57 @@ def ingest(args, design: str, database: str) -> dict:
         "committed_rows": int(committed),
         "accepted_per_s": round(accepted / args.seconds, 1),
         "rejected": _merge([r["codes"] for r in reports]),
+        **batches,
         **_usage(usage, reports),
+    }
+
+
+def batch_figures(stack) -> dict:
+    """Mean group-commit batch size and time, from every server's /metrics."""
+    import urllib.request
+
+    sums: dict[str, float] = {}
+    for server in stack.servers:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name.startswith("place_ingest_batch_") and name.endswith(
+                    ("_sum", "_count")
+                ):
+                    sums[name] = sums.get(name, 0.0) + float(value)
+    count = sums.get("place_ingest_batch_size_count", 0) or 1
+    return {
+        "batches": int(sums.get("place_ingest_batch_size_count", 0)),
+        "mean_batch": round(sums.get("place_ingest_batch_size_sum", 0) / count, 1),
+        "mean_batch_ms": round(
+            sums.get("place_ingest_batch_seconds_sum", 0) / count * 1000, 1
+        ),
+    }
+
+
+def commit_path(database: str) -> dict:
+    """bench/commitpath.py on a fresh database: the batch function alone."""
+    tmp = Path(tempfile.mkdtemp(prefix="placebench-"))
+    stack = live.make_stack(tmp, database=database, servers=0, env=SERVER_ENV)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "commitpath.py")],
+            cwd=ROOT,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        )
+    finally:
+        stack.stop()
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        "database": database,
+        **{
+            f"batch {k}": f"{v['per_s']}/s ({v['ms_per_batch']} ms)"
+            for k, v in figures.items()
+        },
     }
 
 
@@ -527,7 +578,13 @@ def main() -> None:
             for database in args.databases.split(","):
                 for design in designs:
                     rows.append(ingest(args, design, database))
-            notes = "".join(
+            paths = [commit_path(d) for d in args.databases.split(",")]
+            notes = (
+                "\nThe commit path alone (bench/commitpath.py: "
+                "`ingest.placements_commit` in one process, no sockets), "
+                "uniformly random pixels:\n\n" + table(paths) + "\n"
+            )
+            notes += "".join(
                 f"- {d}: group commit / naive = "
                 f"{ratio(_pick(rows, d, 'hub'), _pick(rows, d, 'naive'))}\n"
                 for d in args.databases.split(",")
