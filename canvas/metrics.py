@@ -17,6 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .clientip import request_ip
+
 CONNECTIONS = Gauge("place_connections_open", "Open WebSockets in this process")
 PLACEMENTS = Counter("place_placements", "Placements committed")
 REJECTIONS = Counter("place_rejections", "Placements refused, by code", ["code"])
@@ -65,7 +67,8 @@ def allowed(request: HttpRequest) -> bool:
     if user is not None and user.is_active and user.is_staff:
         return True
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        # The client behind PLACE_TRUSTED_PROXIES, not the proxy itself.
+        address = ipaddress.ip_address(request_ip(request) or "")
     except ValueError:
         return False
     for network in settings.PLACE_METRICS_ALLOW:

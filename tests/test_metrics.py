@@ -35,6 +35,17 @@ def test_metrics_answers_an_allowed_network(client, settings):
         assert name in body
 
 
+def test_metrics_judges_the_client_behind_a_trusted_proxy_not_the_proxy(
+    client, settings
+):
+    settings.PLACE_TRUSTED_PROXIES = ["127.0.0.1"]
+    settings.PLACE_METRICS_ALLOW = ["127.0.0.1", "10.0.0.0/8"]
+    outsider = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "192.0.2.7"}
+    assert client.get("/metrics", **outsider).status_code == 403
+    insider = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "10.0.0.9"}
+    assert client.get("/metrics", **insider).status_code == 200
+
+
 def test_metrics_answers_staff_from_anywhere(client, settings):
     settings.PLACE_METRICS_ALLOW = []
     staff = get_user_model().objects.create_user("op", password="pw-123456!")
