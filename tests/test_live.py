@@ -133,3 +133,38 @@ def test_every_process_delivers_every_change_once_and_in_order(stack_factory):
     assert accepted == list(range(1, 101))
     for seqs, start in zip(streams, starts, strict=True):
         assert seqs == list(range(start + 1, 101))
+
+
+@pytest.mark.parametrize("redis", [False, True], ids=["in-memory", "redis"])
+def test_rollback_command_reaches_connected_players(stack_factory, redis):
+    """The command runs in its own process; its changes still reach open sockets:
+    through Redis at once, or through the hub's database check without it."""
+    stack = stack_factory(redis=redis)
+    server = stack.servers[0]
+    stack.manage("createcanvas", "mod", "--width", "20", "--height", "20",
+                 "--cooldown", "0")  # fmt: skip
+    cookie = anonymous_cookie(server.url)
+
+    async def play() -> tuple[str, list[list[int]]]:
+        async with (
+            Player(server.ws, "mod", cookie=cookie) as griefer,
+            Player(server.ws, "mod") as watcher,
+        ):
+            for x in range(3):
+                assert (await griefer.place(x, 5, 3))["type"] == "accepted"
+            seen: list[list[int]] = []
+            while len(seen) < 3:
+                seen += (await watcher.next("pixels"))["updates"]
+            out = await asyncio.to_thread(
+                stack.manage, "rollback", "mod", "--user", griefer.hello["user"],
+                "--reason", "test",
+            )  # fmt: skip
+            rolled: list[list[int]] = []
+            while len(rolled) < 3:
+                rolled += (await watcher.next("pixels", timeout=10))["updates"]
+            return out.stdout, rolled
+
+    stdout, rolled = asyncio.run(play())
+    assert stdout.strip() == "3 placements rolled back, 3 pixels changed"
+    assert sorted((u[1], u[2], u[3]) for u in rolled) == [(x, 5, 0) for x in range(3)]
+    assert [u[0] for u in rolled] == [4, 5, 6]
