@@ -71,6 +71,11 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         for frame in self.backlog:
             await self.send(text_data=frame)
         self.backlog = []
+        # The hub sends the count every heartbeat; a new player sees it at once.
+        online = await database_sync_to_async(selectors.connections_online)(
+            canvas_id=self.canvas.pk
+        )
+        await self.send(text_data=protocol.online_frame(online))
 
     async def disconnect(self, code: int) -> None:
         if self.hub is not None:

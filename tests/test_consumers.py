@@ -269,3 +269,12 @@ async def test_paused_canvas_refuses_with_canvas_closed(canvas, player_session):
     assert rejected["message"] == exc.MSG_CANVAS_CLOSED
     assert not await adb(Placement.objects.exists)()
     await client.disconnect()
+
+
+async def test_online_count_follows_hello(canvas):
+    first, _ = await connect("test")
+    assert (await receive_type(first, "online"))["count"] == 1
+    second, _ = await connect("test")
+    assert (await receive_type(second, "online"))["count"] == 2
+    await first.disconnect()
+    await second.disconnect()
