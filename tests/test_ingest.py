@@ -1,7 +1,6 @@
 """Group commit (canvas/ingest.py): many placements per transaction, none unsafe."""
 
 import asyncio
-import json
 
 import pytest
 from django.db import DatabaseError, OperationalError
@@ -10,7 +9,7 @@ from canvas import exceptions as exc
 from canvas import ingest, selectors
 from canvas.models import Cooldown, Placement, Player
 
-from .conftest import adb, connect, send, session_key_create
+from .conftest import adb, connect, receive_type, send, session_key_create
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -129,6 +128,6 @@ async def test_the_consumer_answers_unavailable_when_the_batch_fails(
 
     monkeypatch.setattr(ingest, "_placements_insert", broken)
     await send(client, {"type": "place", "x": 1, "y": 1, "color": 2})
-    reply = json.loads(await client.receive_from(timeout=5))
-    assert reply["type"] == "rejected" and reply["code"] == "unavailable"
+    reply = await receive_type(client, "rejected")
+    assert reply["code"] == "unavailable"
     await client.disconnect()
