@@ -15,14 +15,22 @@ for one batch at most, never for the whole rollback.
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from . import broadcast, services
-from .models import Canvas, Cooldown, ModerationAction, Placement, Player
+from .models import (
+    CHUNK_SIZE,
+    Canvas,
+    Chunk,
+    Cooldown,
+    ModerationAction,
+    Placement,
+    Player,
+)
 from .moderation_selectors import board_region
 from .protocol import Update
 
@@ -31,6 +39,9 @@ from .protocol import Update
 BATCH_PLACEMENTS = 5000
 # Updates per broadcast message, so one huge rollback is not one huge frame.
 PUBLISH_BATCH = 5000
+# First key of the advisory lock that serialises moderation writes per canvas
+# (PostgreSQL; the second key is the canvas id).
+ADVISORY_LOCK = 0x706C6D64
 # A ban "forever" is a ban until this instant.
 BAN_FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -171,35 +182,244 @@ def _plan(
     return list(rows)
 
 
+def _pixels_shown(
+    *, canvas_id: int, pixels: list[tuple[int, int]]
+) -> tuple[int, list[tuple[int, int, int]]]:
+    """(x, y, colour) of each pixel's newest placement not rolled back, or 0.
+
+    One query per slice of pixels, each an index probe on (canvas, x, y, seq).
+    Also returns the canvas seq this read saw, read in the same statement, so
+    in the same snapshot: placements commit in seq order, so the read saw
+    exactly the changes up to that seq.
+    """
+    quote = connection.ops.quote_name
+    table = quote(Placement._meta.db_table)
+    canvases = quote(Canvas._meta.db_table)
+    postgres = connection.vendor == "postgresql"
+    size = 50000 if postgres else 2000
+    seen, shown = 0, []
+    with connection.cursor() as cursor:
+        for start in range(0, len(pixels), size):
+            part = pixels[start : start + size]
+            if postgres:
+                source = "SELECT * FROM unnest(%s::integer[], %s::integer[])"
+                params = [[x for x, _ in part], [y for _, y in part]]
+            else:
+                source = "VALUES " + ",".join(["(%s, %s)"] * len(part))
+                params = [v for pixel in part for v in pixel]
+            cursor.execute(
+                f"WITH u(x, y) AS ({source}) "
+                f"SELECT (SELECT seq FROM {canvases} WHERE id = %s), u.x, u.y,"
+                f" COALESCE((SELECT p.color FROM {table} p"
+                "  WHERE p.canvas_id = %s AND p.x = u.x AND p.y = u.y"
+                "  AND p.kind = %s AND p.rolled_back = %s"
+                "  ORDER BY p.seq DESC LIMIT 1), 0) FROM u",
+                [*params, canvas_id, canvas_id, Placement.KIND_PLACE, False],
+            )
+            for seq, x, y, color in cursor.fetchall():
+                seen = max(seen, seq)
+                shown.append((x, y, color))
+    return seen, shown
+
+
+def _ids_where(ids: list[int]) -> tuple[str, list]:
+    if connection.vendor == "postgresql":
+        return "id = ANY(%s::bigint[])", [list(ids)]
+    return f"id IN ({','.join(['%s'] * len(ids))})", list(ids)
+
+
+def _placements_flag(
+    *, ids: list[int], rolled_back: bool, by: int | None, only_by: int | None
+) -> tuple[int, list[tuple[int, int]]]:
+    """Set rolled_back/rolled_back_by on those of `ids` that qualify.
+
+    Rolling back (only_by None) takes the ids not yet rolled back; releasing
+    takes the ids `only_by` owns. Returns the count and the distinct pixels.
+    """
+    table = connection.ops.quote_name(Placement._meta.db_table)
+    count, pixels = 0, set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(ids), 10000):
+            where, params = _ids_where(ids[start : start + 10000])
+            if only_by is None:
+                where, params = f"{where} AND rolled_back = %s", [*params, False]
+            else:
+                where, params = (
+                    f"{where} AND rolled_back_by_id = %s",
+                    [
+                        *params,
+                        only_by,
+                    ],
+                )
+            cursor.execute(
+                f"UPDATE {table} SET rolled_back = %s, rolled_back_by_id = %s"
+                f" WHERE {where} RETURNING x, y",
+                [rolled_back, by, *params],
+            )
+            rows = cursor.fetchall()
+            count += len(rows)
+            pixels.update(rows)
+    return count, sorted(pixels)
+
+
+def _moderation_lock(canvas_id: int) -> None:
+    """Serialise moderation writes to a canvas without stopping its placements.
+
+    On PostgreSQL a transaction-level advisory lock, so a batch can mark
+    placements and plan its pixels while placements go on, and take the canvas
+    row only to write. Elsewhere the canvas row itself (SQLite serialises
+    every write anyway).
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK, canvas_id]
+            )
+    else:
+        _canvas_lock(canvas_id)
+
+
+def _repaint(
+    *, canvas_id: int, pixels: list[tuple[int, int]], now: datetime
+) -> list[Update]:
+    """Show at `pixels` their newest placement not rolled back; return the updates.
+
+    The reading happens before the canvas row is locked; under the lock only
+    the pixels placed on meanwhile are read again, then the board is written.
+    """
+    if not pixels:
+        return []
+    seen, shown = _pixels_shown(canvas_id=canvas_id, pixels=pixels)
+    seq = _canvas_lock(canvas_id)
+    if seq != seen:
+        later = set(
+            Placement.objects.filter(canvas_id=canvas_id, seq__gt=seen).values_list(
+                "x", "y"
+            )
+        )
+        again = [pixel for pixel in pixels if pixel in later]
+        if again:
+            _, fresh = _pixels_shown(canvas_id=canvas_id, pixels=again)
+            colors = {(x, y): c for x, y, c in shown}
+            colors.update({(x, y): c for x, y, c in fresh})
+            shown = [(x, y, c) for (x, y), c in colors.items()]
+    return _board_write(canvas_id=canvas_id, changes=shown, now=now)
+
+
+def _chunks_read(*, canvas_id: int, keys: list[tuple[int, int]]) -> dict:
+    chunks: dict[tuple[int, int], bytearray] = {}
+    for start in range(0, len(keys), 200):
+        wanted = Q()
+        for cx, cy in keys[start : start + 200]:
+            wanted |= Q(cx=cx, cy=cy)
+        rows = Chunk.objects.filter(wanted, canvas_id=canvas_id)
+        for cx, cy, data in rows.values_list("cx", "cy", "data"):
+            chunks[(cx, cy)] = bytearray(data)
+    return chunks
+
+
+def _chunks_write(*, canvas_id: int, chunks: dict) -> None:
+    table = connection.ops.quote_name(Chunk._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {table} SET data = %s"
+            " WHERE canvas_id = %s AND cx = %s AND cy = %s",
+            [(bytes(data), canvas_id, cx, cy) for (cx, cy), data in chunks.items()],
+        )
+
+
+MODERATION_VARYING = ("seq", "x", "y", "color", "previous_color")
+
+
+def _moderation_rows_insert(
+    *, canvas_id: int, rows: list[tuple[int, int, int, int, int]], now: datetime
+) -> None:
+    """Insert (seq, x, y, colour, previous colour) moderation rows.
+
+    On PostgreSQL one INSERT ... SELECT FROM unnest, as ingest does; every
+    other column takes the value a default-built moderation Placement has.
+    """
+    if connection.vendor != "postgresql":
+        Placement.objects.bulk_create(
+            (
+                Placement(
+                    canvas_id=canvas_id,
+                    seq=seq,
+                    x=x,
+                    y=y,
+                    color=color,
+                    previous_color=prior,
+                    player=None,
+                    placed_at=now,
+                    kind=Placement.KIND_MODERATION,
+                )
+                for seq, x, y, color, prior in rows
+            ),
+            batch_size=2000,
+        )
+        return
+    proto = Placement(
+        canvas_id=canvas_id,
+        placed_at=now,
+        kind=Placement.KIND_MODERATION,
+        player=None,
+        seq=0,
+        x=0,
+        y=0,
+        color=0,
+        previous_color=0,
+    )
+    fields = [f for f in Placement._meta.concrete_fields if not f.primary_key]
+    fixed = {
+        f.attname: f.get_db_prep_save(getattr(proto, f.attname), connection)
+        for f in fields
+        if f.attname not in MODERATION_VARYING
+    }
+    types = {f.attname: f.db_type(connection) for f in fields}
+    quote = connection.ops.quote_name
+    column = {f.attname: quote(f.column) for f in fields}
+    names = list(MODERATION_VARYING) + list(fixed)
+    arrays = ", ".join(f"%s::{types[name]}[]" for name in MODERATION_VARYING)
+    consts = ", ".join(f"%s::{types[name]}" for name in fixed)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(Placement._meta.db_table)}"
+            f" ({', '.join(column[name] for name in names)})"
+            f" SELECT u.*, {consts} FROM unnest({arrays}) u",
+            list(fixed.values()) + [list(c) for c in zip(*rows, strict=True)],
+        )
+
+
 def _board_write(
     *, canvas_id: int, changes: list[tuple[int, int, int]], now: datetime
 ) -> list[Update]:
-    """Write the changes that alter a pixel, each with its own seq; return them."""
+    """Write the changes that alter a pixel, each with its own seq; return them.
+
+    Call with the canvas row locked. Each touched chunk is read and written once.
+    """
     if not changes:
         return []
-    previous = services.chunks_apply(canvas_id=canvas_id, changes=changes)
-    changed = [
-        (x, y, c, p) for (x, y, c), p in zip(changes, previous, strict=True) if c != p
-    ]
+    changes = sorted(changes, key=lambda c: (c[1], c[0]))
+    keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
+    chunks = _chunks_read(canvas_id=canvas_id, keys=keys)
+    changed, dirty = [], {}
+    for x, y, color in changes:
+        key = (x // CHUNK_SIZE, y // CHUNK_SIZE)
+        data = chunks[key]
+        offset = (y % CHUNK_SIZE) * CHUNK_SIZE + (x % CHUNK_SIZE)
+        prior = data[offset]
+        if prior != color:
+            data[offset] = color
+            dirty[key] = data
+            changed.append((x, y, color, prior))
     if not changed:
         return []
+    _chunks_write(canvas_id=canvas_id, chunks=dirty)
     first = services.seqs_allocate(canvas_id=canvas_id, count=len(changed))
-    Placement.objects.bulk_create(
-        (
-            Placement(
-                canvas_id=canvas_id,
-                seq=first + i,
-                x=x,
-                y=y,
-                color=color,
-                previous_color=prior,
-                player=None,
-                placed_at=now,
-                kind=Placement.KIND_MODERATION,
-            )
-            for i, (x, y, color, prior) in enumerate(changed)
-        ),
-        batch_size=2000,
+    _moderation_rows_insert(
+        canvas_id=canvas_id,
+        rows=[(first + i, *change) for i, change in enumerate(changed)],
+        now=now,
     )
     updates = [(first + i, x, y, c) for i, (x, y, c, _) in enumerate(changed)]
     for start in range(0, len(updates), PUBLISH_BATCH):
@@ -300,17 +520,13 @@ def placements_rollback(
 
 def _rollback_batch(*, action: ModerationAction, ids: list[int]) -> None:
     with transaction.atomic():
-        _canvas_lock(action.canvas_id)
-        # Rechecked under the lock: another rollback may have marked some since.
-        pending = Placement.objects.filter(pk__in=ids, rolled_back=False)
-        marked = pending.update(rolled_back=True, rolled_back_by=action)
-        changes = _plan(
-            canvas_id=action.canvas_id,
-            candidates=Placement.objects.filter(pk__in=ids, rolled_back_by=action),
-            visible=Q(rolled_back=False),
+        _moderation_lock(action.canvas_id)
+        # Only those not rolled back yet: another rollback may have marked some.
+        marked, pixels = _placements_flag(
+            ids=ids, rolled_back=True, by=action.pk, only_by=None
         )
-        updates = _board_write(
-            canvas_id=action.canvas_id, changes=changes, now=timezone.now()
+        updates = _repaint(
+            canvas_id=action.canvas_id, pixels=pixels, now=timezone.now()
         )
         _action_add(action_id=action.pk, placements=marked, updates=updates)
 
@@ -356,7 +572,7 @@ def rollback_undo(
 
 def _undo_batch(*, action: ModerationAction, undo: ModerationAction, ids: list) -> None:
     with transaction.atomic():
-        _canvas_lock(action.canvas_id)
+        _moderation_lock(action.canvas_id)
         owned = Placement.objects.filter(pk__in=ids, rolled_back_by=action)
         others = ModerationAction.objects.filter(
             canvas_id=action.canvas_id,
@@ -365,14 +581,11 @@ def _undo_batch(*, action: ModerationAction, undo: ModerationAction, ids: list) 
         ).order_by("pk")
         for other in others:
             owned.filter(_rollback_q(other)).update(rolled_back_by=other)
-        changes = _plan(
-            canvas_id=action.canvas_id,
-            candidates=owned,
-            visible=Q(rolled_back=False) | Q(rolled_back_by=action),
+        released, pixels = _placements_flag(
+            ids=ids, rolled_back=False, by=None, only_by=action.pk
         )
-        released = owned.update(rolled_back=False, rolled_back_by=None)
-        updates = _board_write(
-            canvas_id=action.canvas_id, changes=changes, now=timezone.now()
+        updates = _repaint(
+            canvas_id=action.canvas_id, pixels=pixels, now=timezone.now()
         )
         _action_add(action_id=undo.pk, placements=released, updates=updates)
 
