@@ -203,7 +203,7 @@ def _pixels_shown(
             part = pixels[start : start + size]
             if postgres:
                 source = "SELECT * FROM unnest(%s::integer[], %s::integer[])"
-                params = [[x for x, _ in part], [y for _, y in part]]
+                params = [_array(x for x, _ in part), _array(y for _, y in part)]
             else:
                 source = "VALUES " + ",".join(["(%s, %s)"] * len(part))
                 params = [v for pixel in part for v in pixel]
@@ -222,9 +222,14 @@ def _pixels_shown(
     return seen, shown
 
 
+def _array(values) -> str:
+    """A PostgreSQL array literal of integers: far cheaper to send than a list."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def _ids_where(ids: list[int]) -> tuple[str, list]:
     if connection.vendor == "postgresql":
-        return "id = ANY(%s::bigint[])", [list(ids)]
+        return "id = ANY(%s::bigint[])", [_array(ids)]
     return f"id IN ({','.join(['%s'] * len(ids))})", list(ids)
 
 
@@ -259,6 +264,11 @@ def _placements_flag(
             rows = cursor.fetchall()
             count += len(rows)
             pixels.update(rows)
+        if count and connection.vendor == "postgresql":
+            # Run the deferred foreign key checks of these rows now, before the
+            # canvas row is locked, rather than at commit under it.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     return count, sorted(pixels)
 
 
@@ -386,7 +396,7 @@ def _moderation_rows_insert(
             f"INSERT INTO {quote(Placement._meta.db_table)}"
             f" ({', '.join(column[name] for name in names)})"
             f" SELECT u.*, {consts} FROM unnest({arrays}) u",
-            list(fixed.values()) + [list(c) for c in zip(*rows, strict=True)],
+            list(fixed.values()) + [_array(c) for c in zip(*rows, strict=True)],
         )
 
 
