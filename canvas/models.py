@@ -138,13 +138,18 @@ class Placement(models.Model):
     KIND_MODERATION = "moderation"
     KIND_CHOICES = [(KIND_PLACE, "placement"), (KIND_MODERATION, "moderation")]
 
-    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE)
+    # No single-column indexes on canvas and player: the composite indexes
+    # below lead with them, and every index is one more write per placement
+    # and per placement a rollback marks.
+    canvas = models.ForeignKey(Canvas, on_delete=models.CASCADE, db_index=False)
     seq = models.BigIntegerField()
     x = models.PositiveIntegerField()
     y = models.PositiveIntegerField()
     color = models.PositiveSmallIntegerField()
     previous_color = models.PositiveSmallIntegerField()
-    player = models.ForeignKey(Player, null=True, blank=True, on_delete=models.SET_NULL)
+    player = models.ForeignKey(
+        Player, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
+    )
     placed_at = models.DateTimeField(default=timezone.now)
     kind = models.CharField(max_length=12, choices=KIND_CHOICES, default=KIND_PLACE)
     rolled_back = models.BooleanField(default=False)
