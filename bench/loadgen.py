@@ -272,6 +272,7 @@ async def _worker(job: dict, ready, go) -> dict:
             codes=_merge(h.codes for h in handlers),
             max_seq=max((h.max_seq for h in handlers), default=0),
             late=max((h.late for h in handlers), default=0.0),
+            unsent=sum(h.unsent for h in handlers),
             window=job["seconds"],
         )
     return report
@@ -293,6 +294,7 @@ class Replies:
         self.codes: dict = {}
         self.waiter: asyncio.Future | None = None
         self.late = 0.0
+        self.unsent = 0
 
     def __call__(self, payload: bytes) -> None:
         if payload.startswith(PIXELS):
@@ -309,9 +311,9 @@ class Replies:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    async def answer(self) -> None:
+    async def answer(self, timeout: float = 30) -> None:
         self.waiter = asyncio.get_running_loop().create_future()
-        await asyncio.wait_for(self.waiter, 30)
+        await asyncio.wait_for(self.waiter, timeout)
 
 
 async def _place_on_schedule(job, sockets, handlers, t0) -> None:
@@ -322,9 +324,14 @@ async def _place_on_schedule(job, sockets, handlers, t0) -> None:
     mine = list(range(offset, total, stride))
     per_socket = [mine[k :: len(sockets)] for k in range(len(sockets))]
 
+    stop = t0 + seconds + 5.0  # placements this late are not sent at all
+
     async def run(k):
         sock, handler = sockets[k], handlers[k]
         for i in per_socket[k]:
+            if time.time() > stop:
+                handler.unsent += 1
+                continue
             delay = t0 + i / rate - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -333,7 +340,7 @@ async def _place_on_schedule(job, sockets, handlers, t0) -> None:
             x, y = i % width, (i // width) % job["height"]
             sock.send_text(f'{{"type":"place","x":{x},"y":{y},"color":{i % 15 + 1}}}')
             try:
-                await handler.answer()
+                await handler.answer(max(0.1, stop - time.time()))
             except TimeoutError:
                 return
 

@@ -276,6 +276,7 @@ def fanout(args, design: str) -> dict:
         "placements_per_s": round(accepted / args.seconds, 1),
         "rejected": _merge([r["codes"] for r in place]),
         "placer_max_late_s": round(max(r["late"] for r in place), 3),
+        "placements_not_sent": sum(r["unsent"] for r in place),
         "delivered_pct": round(100 * received / expected, 2) if expected else 0.0,
         "latency_ms": {
             "p50": round(pct(latencies, 0.5) * 1000, 1),
