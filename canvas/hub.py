@@ -305,10 +305,22 @@ def _write(wire: WebSocketProtocol, prepared: PreparedMessage, limit: int) -> bo
     unsent += getattr(transport, "_tempDataLen", 0)
     if limit and unsent > limit:
         return False
+    data = prepared.payloadHybi
     if wire.send_queue:
         wire.sendPreparedMessage(prepared)
+    elif unsent or getattr(transport, "socket", None) is None:
+        transport.write(data)
     else:
-        transport.write(prepared.payloadHybi)
+        # Nothing queued: try the kernel first. Most frames go out whole and
+        # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the connection is going; twisted will notice
+            return True
+        if sent < len(data):
+            transport.write(data[sent:])
     return True
 
 

@@ -92,6 +92,30 @@ async def test_the_fast_path_looks_through_the_session_middlewares_send(hub):
     assert listener.wire.transport.written and listener.delivered == []
 
 
+class FakeSocket:
+    def __init__(self, accepts: int):
+        self.accepts = accepts
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(bytes(data[: self.accepts]))
+        return min(self.accepts, len(data))
+
+
+async def test_a_frame_goes_straight_to_the_kernel_and_only_the_rest_is_buffered(hub):
+    whole, partial = Listener(), Listener()
+    whole.wire.transport.socket = FakeSocket(accepts=10_000)
+    partial.wire.transport.socket = FakeSocket(accepts=5)
+    hub.join(whole)
+    hub.join(partial)
+    frame = '{"type":"pixels","updates":[[1,2,3,4]]}'
+    await hub.send_all(frame)
+    assert whole.wire.transport.socket.sent[0][2:] == frame.encode()
+    assert whole.wire.transport.written == []
+    sent, rest = partial.wire.transport.socket.sent[0], partial.wire.transport.written
+    assert sent + b"".join(rest) == whole.wire.transport.socket.sent[0]
+
+
 async def test_sockets_not_served_by_daphne_still_get_frames_through_deliver(hub):
     class Plain:
         ready = True
