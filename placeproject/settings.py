@@ -200,7 +200,7 @@ PLACE_BROADCAST_TICK = env_float("PLACE_BROADCAST_TICK", 0.1)
 # How long a hub waits for a missing seq before reading it from the database.
 PLACE_GAP_TIMEOUT = env_float("PLACE_GAP_TIMEOUT", 1.0)
 # Connection rows not refreshed for this long belong to a dead process.
-PLACE_CONNECTION_STALE_SECONDS = env_int("PLACE_CONNECTION_STALE_SECONDS", 45)
+PLACE_CONNECTION_STALE_SECONDS = env_int("PLACE_CONNECTION_STALE_SECONDS", 40)
 PLACE_HEARTBEAT_SECONDS = env_float("PLACE_HEARTBEAT_SECONDS", 15)
 # Group commit (canvas/ingest.py): a batch collects placements for this many
 # seconds after its first one (1-3 ms costs little latency and lets PostgreSQL

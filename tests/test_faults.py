@@ -183,7 +183,7 @@ def test_killed_server_leaves_no_connection_rows_and_clients_move_on(tmp_path):
 
         elapsed = asyncio.run(scenario())
         # Stale after 4 s, swept within a heartbeat: the same rule that bounds
-        # the defaults (45 s + 15 s) to a minute.
+        # the defaults (40 s + 15 s) inside a minute.
         assert elapsed < 4 + 1 + 3
     finally:
         stack.stop()
