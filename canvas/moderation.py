@@ -139,11 +139,11 @@ def _batches(*, pending: QuerySet) -> list[list[int]]:
 
     Pixels are independent, so each batch is rolled back on its own.
     """
-    rows = sorted(pending.values_list("y", "x", "pk").iterator(chunk_size=10000))
+    rows = pending.order_by("y", "x", "pk").values_list("y", "x", "pk")
     batches: list[list[int]] = []
     current: list[int] = []
     last = None
-    for y, x, pk in rows:
+    for y, x, pk in rows.iterator(chunk_size=10000):
         if len(current) >= BATCH_PLACEMENTS and (x, y) != last:
             batches.append(current)
             current = []
@@ -317,14 +317,28 @@ def _repaint(
 
 
 def _chunks_read(*, canvas_id: int, keys: list[tuple[int, int]]) -> dict:
+    """The touched chunks' bytes, by (cx, cy): one query (a slice of keys each)."""
+    table = connection.ops.quote_name(Chunk._meta.db_table)
+    postgres = connection.vendor == "postgresql"
+    size = 5000 if postgres else 400
     chunks: dict[tuple[int, int], bytearray] = {}
-    for start in range(0, len(keys), 200):
-        wanted = Q()
-        for cx, cy in keys[start : start + 200]:
-            wanted |= Q(cx=cx, cy=cy)
-        rows = Chunk.objects.filter(wanted, canvas_id=canvas_id)
-        for cx, cy, data in rows.values_list("cx", "cy", "data"):
-            chunks[(cx, cy)] = bytearray(data)
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), size):
+            part = keys[start : start + size]
+            if postgres:
+                source = "SELECT * FROM unnest(%s::integer[], %s::integer[])"
+                params = [_array(cx for cx, _ in part), _array(cy for _, cy in part)]
+            else:
+                source = "VALUES " + ",".join(["(%s, %s)"] * len(part))
+                params = [v for key in part for v in key]
+            cursor.execute(
+                f"WITH k(cx, cy) AS ({source}) SELECT c.cx, c.cy, c.data"
+                f" FROM {table} c JOIN k ON c.cx = k.cx AND c.cy = k.cy"
+                " WHERE c.canvas_id = %s",
+                [*params, canvas_id],
+            )
+            for cx, cy, data in cursor.fetchall():
+                chunks[(cx, cy)] = bytearray(data)
     return chunks
 
 
