@@ -9,7 +9,11 @@ rollback releases only what no other rollback still covers.
 Every pixel a moderator changes becomes a Placement of kind "moderation" with
 its own seq, broadcast after commit like a player's placement. Large rollbacks
 run in batches of whole pixels, one transaction each, so live placements wait
-for one batch at most, never for the whole rollback.
+for one batch at most, never for the whole rollback. On PostgreSQL a batch
+marks its placements and reads each pixel's newest survivor under an advisory
+lock that only other moderation writes take; it locks the canvas row (where
+placements queue for their seq) only to re-read pixels placed on meanwhile and
+write the board and the moderation rows, so placements wait for that part only.
 """
 
 from dataclasses import dataclass, field
@@ -188,16 +192,17 @@ def _pixels_shown(
     """(x, y, colour) of each pixel's newest placement not rolled back, or 0.
 
     One query per slice of pixels, each an index probe on (canvas, x, y, seq).
-    Also returns the canvas seq this read saw, read in the same statement, so
-    in the same snapshot: placements commit in seq order, so the read saw
-    exactly the changes up to that seq.
+    Also returns a canvas seq up to which the read saw every change: each
+    statement reads the canvas seq in its own snapshot, and changes commit in
+    seq order, so it saw exactly the changes up to that seq (the smallest of
+    them, when the pixels take several statements).
     """
     quote = connection.ops.quote_name
     table = quote(Placement._meta.db_table)
     canvases = quote(Canvas._meta.db_table)
     postgres = connection.vendor == "postgresql"
     size = 50000 if postgres else 2000
-    seen, shown = 0, []
+    seen, shown = None, []
     with connection.cursor() as cursor:
         for start in range(0, len(pixels), size):
             part = pixels[start : start + size]
@@ -217,9 +222,9 @@ def _pixels_shown(
                 [*params, canvas_id, canvas_id, Placement.KIND_PLACE, False],
             )
             for seq, x, y, color in cursor.fetchall():
-                seen = max(seen, seq)
+                seen = seq if seen is None else min(seen, seq)
                 shown.append((x, y, color))
-    return seen, shown
+    return seen or 0, shown
 
 
 def _array(values) -> str:

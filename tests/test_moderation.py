@@ -267,6 +267,34 @@ def test_rollback_in_many_batches_equals_one_batch(
     assert (action.seq_from, action.seq_to) == (11, 15)
 
 
+def test_placement_made_while_a_batch_plans_is_kept(
+    make_canvas, players, run, monkeypatch
+):
+    """A pixel placed on after a batch read its plan, before it locked the
+    canvas, is read again under the lock: the newer placement stays."""
+    canvas = make_canvas(cooldown=0)
+    alice, bob, _ = players
+    place(run, canvas, alice, 1, 1, 5)
+    place(run, canvas, alice, 2, 1, 6)
+    shown = moderation._pixels_shown
+    calls = []
+
+    def racing(**kwargs):
+        result = shown(**kwargs)
+        if not calls:
+            services.placement_create(
+                canvas_id=canvas.pk, player_id=bob.pk, x=1, y=1, color=9
+            )
+        calls.append(kwargs["pixels"])
+        return result
+
+    monkeypatch.setattr(moderation, "_pixels_shown", racing)
+    action = rollback(run, canvas, Scope(player_ids=(alice.pk,)))
+    assert calls == [[(1, 1), (2, 1)], [(1, 1)]]
+    assert [pixel(canvas, 1, 1), pixel(canvas, 2, 1)] == [9, 0]
+    assert (action.placements_count, action.pixels_count) == (2, 1)
+
+
 def test_ban_refuses_placements_and_rolls_back_recent_hours(make_canvas, players, run):
     canvas = make_canvas(cooldown=0)
     alice = players[0]
