@@ -592,7 +592,10 @@ def rollback_undo(
             scope={"undo_of": action.pk},
             undo_of=action,
         )
-    owned = Placement.objects.filter(rolled_back_by=action)
+    # rolled_back_by is not indexed; the placements a rollback owns are all in
+    # its scope (it marks only those, and undo hands them only to rollbacks
+    # whose scope covers them), so the scope's indexes find them.
+    owned = Placement.objects.filter(_rollback_q(action), rolled_back_by=action)
     for ids in _batches(pending=owned):
         _undo_batch(action=action, undo=undo, ids=ids)
     undo.refresh_from_db()
