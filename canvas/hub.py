@@ -124,8 +124,12 @@ class Hub:
         return ready
 
     async def _tick_forever(self) -> None:
+        started = time.perf_counter()
         while True:
-            await asyncio.sleep(self.tick_seconds)
+            # Fixed rate: the time a tick spends writing comes out of the wait,
+            # so a busy hub still sends ~1/tick_seconds frames a second.
+            wait = started + self.tick_seconds - time.perf_counter()
+            await asyncio.sleep(max(wait, 0.005))
             started = time.perf_counter()
             try:
                 await self.flush()
