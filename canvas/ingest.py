@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from . import broadcast, metrics, services
 from . import exceptions as exc
-from .models import CHUNK_SIZE, Canvas, Chunk, Cooldown, Placement, Player
+from .models import Canvas, Cooldown, Placement, Player
+from .sql import marks, slices, sql_in
 
 log = logging.getLogger("canvas.ingest")
 # One key=value line per placement and refusal; route or silence it on its own.
@@ -149,8 +150,8 @@ def _cooldowns_take(canvas: Canvas, player_ids: list[int], now: datetime) -> set
     now_db = ops.adapt_datetimefield_value(now)
     taken: set[int] = set()
     with connection.cursor() as cursor:
-        for ids in _slices(player_ids, 500):
-            where, params = _in("player_id", ids)
+        for ids in slices(player_ids, 500):
+            where, params = sql_in("player_id", ids)
             cursor.execute(
                 f"UPDATE {table} SET next_at = %s WHERE canvas_id = %s"
                 f" AND {where} AND next_at <= %s RETURNING player_id",
@@ -158,8 +159,8 @@ def _cooldowns_take(canvas: Canvas, player_ids: list[int], now: datetime) -> set
             )
             taken.update(row[0] for row in cursor.fetchall())
         rest = [p for p in player_ids if p not in taken]
-        for ids in _slices(rest, 500):
-            where, params = _in("player_id", ids)
+        for ids in slices(rest, 500):
+            where, params = sql_in("player_id", ids)
             cursor.execute(
                 f"SELECT player_id FROM {table} WHERE canvas_id = %s AND {where}",
                 [canvas.pk, *params],
@@ -176,23 +177,6 @@ def _cooldowns_take(canvas: Canvas, player_ids: list[int], now: datetime) -> set
             )
             taken.update(row[0] for row in cursor.fetchall())
     return taken
-
-
-def _slices(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _marks(count: int, mark: str = "%s") -> str:
-    return ",".join([mark] * count)
-
-
-def _in(column: str, values: list) -> tuple[str, list]:
-    """`column IN (...)`; one array parameter on PostgreSQL, whose driver would
-    otherwise re-parse a query text that differs with every batch size."""
-    if connection.vendor == "postgresql":
-        return f"{column} = ANY(%s)", [list(values)]
-    return f"{column} IN ({_marks(len(values))})", list(values)
 
 
 def _take_one_by_one(canvas, batch, candidates, outcomes, now) -> list[int]:
@@ -220,7 +204,7 @@ def _cooldown_error(remaining: float) -> exc.PlaceError:
 def _write(canvas, batch, winners, outcomes, now) -> None:
     first = services.seqs_allocate(canvas_id=canvas.pk, count=len(winners))
     changes = [(batch[i].x, batch[i].y, batch[i].color) for i in winners]
-    previous = chunks_apply_many(canvas_id=canvas.pk, changes=changes)
+    previous = services.chunks_apply(canvas_id=canvas.pk, changes=changes)
     rows = []
     updates = []
     for offset, i in enumerate(winners):
@@ -284,38 +268,9 @@ def _placements_insert(canvas_id: int, rows: list[tuple], now: datetime) -> None
             )
             return
         cursor.executemany(
-            head + "(" + _marks(len(columns)) + ")",
+            head + "(" + marks(len(columns)) + ")",
             [(*row, *constant) for row in rows],
         )
-
-
-def chunks_apply_many(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list:
-    """Like services.chunks_apply, reading and writing only the touched chunks."""
-    keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
-    chunks: dict[tuple[int, int], bytearray] = {}
-    table = Chunk._meta.db_table
-    with connection.cursor() as cursor:
-        for part in _slices(keys, 500):
-            where, params = _in("cx * 65536 + cy", [cx * 65536 + cy for cx, cy in part])
-            cursor.execute(
-                f"SELECT cx, cy, data FROM {table} WHERE canvas_id = %s AND {where}",
-                [canvas_id, *params],
-            )
-            for cx, cy, data in cursor.fetchall():
-                chunks[(cx, cy)] = bytearray(data)
-    previous = []
-    for x, y, color in changes:
-        data = chunks[(x // CHUNK_SIZE, y // CHUNK_SIZE)]
-        offset = (y % CHUNK_SIZE) * CHUNK_SIZE + (x % CHUNK_SIZE)
-        previous.append(data[offset])
-        data[offset] = color
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {table} SET data = %s"
-            " WHERE canvas_id = %s AND cx = %s AND cy = %s",
-            [(bytes(chunks[k]), canvas_id, k[0], k[1]) for k in keys],
-        )
-    return previous
 
 
 class Batcher:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -23,6 +23,7 @@ from .models import (
     Placement,
     Player,
 )
+from .sql import slices, sql_in
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -106,25 +107,35 @@ def _canvas_resize(canvas: Canvas, width: int, height: int) -> None:
 def chunks_apply(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list[int]:
     """Write (x, y, color) changes to the board; return each pixel's prior colour.
 
-    Call inside the transaction that also records the changes in history.
+    Reads and writes only the touched chunks, each once. Call inside the
+    transaction that also records the changes in history.
     """
-    keys = {(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes}
+    keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
     chunks: dict[tuple[int, int], bytearray] = {}
-    rows = Chunk.objects.filter(canvas_id=canvas_id)
-    if len(keys) == 1:
-        ((cx, cy),) = keys
-        rows = rows.filter(cx=cx, cy=cy)
-    for cx, cy, data in rows.values_list("cx", "cy", "data"):
-        if (cx, cy) in keys:
-            chunks[(cx, cy)] = bytearray(data)
+    table = Chunk._meta.db_table
+    with connection.cursor() as cursor:
+        for part in slices(keys, 500):
+            where, params = sql_in(
+                "cx * 65536 + cy", [cx * 65536 + cy for cx, cy in part]
+            )
+            cursor.execute(
+                f"SELECT cx, cy, data FROM {table} WHERE canvas_id = %s AND {where}",
+                [canvas_id, *params],
+            )
+            for cx, cy, data in cursor.fetchall():
+                chunks[(cx, cy)] = bytearray(data)
     previous = []
     for x, y, color in changes:
         data = chunks[(x // CHUNK_SIZE, y // CHUNK_SIZE)]
         offset = (y % CHUNK_SIZE) * CHUNK_SIZE + (x % CHUNK_SIZE)
         previous.append(data[offset])
         data[offset] = color
-    for (cx, cy), data in chunks.items():
-        Chunk.objects.filter(canvas_id=canvas_id, cx=cx, cy=cy).update(data=bytes(data))
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {table} SET data = %s"
+            " WHERE canvas_id = %s AND cx = %s AND cy = %s",
+            [(bytes(chunks[k]), canvas_id, k[0], k[1]) for k in keys],
+        )
     return previous
 
 
