@@ -29,7 +29,6 @@ from . import broadcast, services
 from .models import (
     CHUNK_SIZE,
     Canvas,
-    Chunk,
     Cooldown,
     ModerationAction,
     Placement,
@@ -37,6 +36,7 @@ from .models import (
 )
 from .moderation_selectors import board_region
 from .protocol import Update
+from .sql import int_array
 
 # Placements per transaction (more when one pixel has more); one batch's work is
 # what live placements may wait for.
@@ -208,7 +208,7 @@ def _pixels_shown(
             part = pixels[start : start + size]
             if postgres:
                 source = "SELECT * FROM unnest(%s::integer[], %s::integer[])"
-                params = [_array(x for x, _ in part), _array(y for _, y in part)]
+                params = [int_array(x for x, _ in part), int_array(y for _, y in part)]
             else:
                 source = "VALUES " + ",".join(["(%s, %s)"] * len(part))
                 params = [v for pixel in part for v in pixel]
@@ -227,14 +227,9 @@ def _pixels_shown(
     return seen or 0, shown
 
 
-def _array(values) -> str:
-    """A PostgreSQL array literal of integers: far cheaper to send than a list."""
-    return "{" + ",".join(map(str, values)) + "}"
-
-
 def _ids_where(ids: list[int]) -> tuple[str, list]:
     if connection.vendor == "postgresql":
-        return "id = ANY(%s::bigint[])", [_array(ids)]
+        return "id = ANY(%s::bigint[])", [int_array(ids)]
     return f"id IN ({','.join(['%s'] * len(ids))})", list(ids)
 
 
@@ -321,42 +316,6 @@ def _repaint(
     return _board_write(canvas_id=canvas_id, changes=shown, now=now)
 
 
-def _chunks_read(*, canvas_id: int, keys: list[tuple[int, int]]) -> dict:
-    """The touched chunks' bytes, by (cx, cy): one query (a slice of keys each)."""
-    table = connection.ops.quote_name(Chunk._meta.db_table)
-    postgres = connection.vendor == "postgresql"
-    size = 5000 if postgres else 400
-    chunks: dict[tuple[int, int], bytearray] = {}
-    with connection.cursor() as cursor:
-        for start in range(0, len(keys), size):
-            part = keys[start : start + size]
-            if postgres:
-                source = "SELECT * FROM unnest(%s::integer[], %s::integer[])"
-                params = [_array(cx for cx, _ in part), _array(cy for _, cy in part)]
-            else:
-                source = "VALUES " + ",".join(["(%s, %s)"] * len(part))
-                params = [v for key in part for v in key]
-            cursor.execute(
-                f"WITH k(cx, cy) AS ({source}) SELECT c.cx, c.cy, c.data"
-                f" FROM {table} c JOIN k ON c.cx = k.cx AND c.cy = k.cy"
-                " WHERE c.canvas_id = %s",
-                [*params, canvas_id],
-            )
-            for cx, cy, data in cursor.fetchall():
-                chunks[(cx, cy)] = bytearray(data)
-    return chunks
-
-
-def _chunks_write(*, canvas_id: int, chunks: dict) -> None:
-    table = connection.ops.quote_name(Chunk._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {table} SET data = %s"
-            " WHERE canvas_id = %s AND cx = %s AND cy = %s",
-            [(bytes(data), canvas_id, cx, cy) for (cx, cy), data in chunks.items()],
-        )
-
-
 MODERATION_VARYING = ("seq", "x", "y", "color", "previous_color")
 
 
@@ -415,7 +374,7 @@ def _moderation_rows_insert(
             f"INSERT INTO {quote(Placement._meta.db_table)}"
             f" ({', '.join(column[name] for name in names)})"
             f" SELECT u.*, {consts} FROM unnest({arrays}) u",
-            list(fixed.values()) + [_array(c) for c in zip(*rows, strict=True)],
+            list(fixed.values()) + [int_array(c) for c in zip(*rows, strict=True)],
         )
 
 
@@ -430,7 +389,7 @@ def _board_write(
         return []
     changes = sorted(changes, key=lambda c: (c[1], c[0]))
     keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
-    chunks = _chunks_read(canvas_id=canvas_id, keys=keys)
+    chunks = services.chunks_read(canvas_id=canvas_id, keys=keys)
     changed, dirty = [], {}
     for x, y, color in changes:
         key = (x // CHUNK_SIZE, y // CHUNK_SIZE)
@@ -443,7 +402,7 @@ def _board_write(
             changed.append((x, y, color, prior))
     if not changed:
         return []
-    _chunks_write(canvas_id=canvas_id, chunks=dirty)
+    services.chunks_write(canvas_id=canvas_id, chunks=dirty)
     first = services.seqs_allocate(canvas_id=canvas_id, count=len(changed))
     _moderation_rows_insert(
         canvas_id=canvas_id,

@@ -20,3 +20,8 @@ def sql_in(column: str, values: list) -> tuple[str, list]:
     if connection.vendor == "postgresql":
         return f"{column} = ANY(%s)", [list(values)]
     return f"{column} IN ({marks(len(values))})", list(values)
+
+
+def int_array(values) -> str:
+    """A PostgreSQL array literal of integers: far cheaper to send than a list."""
+    return "{" + ",".join(map(str, values)) + "}"
