@@ -47,21 +47,23 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             log.warning("database unavailable during connect")
             await self.close(code=1011)
             return
-        self.canvas, self.player_id, self.player_name, remaining = identity
+        canvas, self.player_id, self.player_name, remaining = identity
+        # Only the id stays: the hub sends later settings changes itself.
+        self.canvas_id = canvas.pk
         await self.accept()
         await database_sync_to_async(services.connection_open)(
             channel_name=self.channel_name,
-            canvas_id=self.canvas.pk,
+            canvas_id=self.canvas_id,
             player_id=self.player_id,
             server=SERVER_ID,
             ip=self.ip,
         )
-        self.hub = await registry.hub(self.canvas.pk)
+        self.hub = await registry.hub(self.canvas_id)
         seq = self.hub.join(self)
         await self.send(
             text_data=protocol.hello_frame(
                 seq=seq,
-                cooldown_seconds=self.canvas.cooldown_seconds,
+                cooldown_seconds=canvas.cooldown_seconds,
                 cooldown_remaining=remaining,
                 can_place=self.player_id is not None,
                 user=self.player_name,
@@ -73,7 +75,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.backlog = []
         # The hub sends the count every heartbeat; a new player sees it at once.
         online = await database_sync_to_async(selectors.connections_online)(
-            canvas_id=self.canvas.pk
+            canvas_id=self.canvas_id
         )
         await self.send(text_data=protocol.online_frame(online))
 
@@ -90,16 +92,6 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=frame)
         else:
             self.backlog.append(frame)
-
-    async def canvas_updated(self) -> None:
-        self.canvas = await database_sync_to_async(selectors.canvas_get)(
-            slug=self.canvas.slug
-        )
-        await self.deliver(
-            protocol.canvas_frame(
-                cooldown_seconds=self.canvas.cooldown_seconds, open_=self.canvas.is_open
-            )
-        )
 
     async def receive(self, text_data: str | None = None, bytes_data=None) -> None:
         wait = self.bucket.take()
@@ -137,7 +129,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         try:
             result = await ingest.batcher.submit(
                 ingest.PlaceRequest(
-                    canvas_id=self.canvas.pk,
+                    canvas_id=self.canvas_id,
                     player_id=self.player_id,
                     x=request.x,
                     y=request.y,

@@ -36,8 +36,6 @@ SLOW_ABORT_SECONDS = 5.0
 class Listener(Protocol):
     async def deliver(self, frame: str) -> None: ...
 
-    async def canvas_updated(self) -> None: ...
-
 
 class Hub:
     def __init__(self, canvas_id: int) -> None:
@@ -53,6 +51,7 @@ class Hub:
         self.last_tick_ms = 0.0
         self.wires: dict[Listener, WebSocketProtocol | None] = {}
         self.oldest_pending: float | None = None
+        self.online_sent: int | None = None
 
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("hub.")
@@ -79,6 +78,7 @@ class Hub:
             metrics.CONNECTIONS.inc()
         self.listeners.add(listener)
         self.wires[listener] = _daphne_socket(listener)
+        self.online_sent = None  # its hello's count may differ: resend next beat
         return self.last_seq
 
     def leave(self, listener: Listener) -> None:
@@ -105,8 +105,22 @@ class Hub:
             if message.get("type") == broadcast.MSG_PIXELS:
                 self.accept(message["updates"], message.get("sent_at"))
             elif message.get("type") == broadcast.MSG_CANVAS:
-                for listener in list(self.listeners):
-                    await listener.canvas_updated()
+                await self.canvas_changed()
+
+    async def canvas_changed(self) -> None:
+        """Tell every socket the canvas's new settings: one read, one frame."""
+        try:
+            canvas = await database_sync_to_async(selectors.canvas_by_id)(
+                canvas_id=self.canvas_id
+            )
+        except Exception:
+            log.warning("canvas re-read failed", exc_info=True)
+            return
+        await self.send_all(
+            protocol.canvas_frame(
+                cooldown_seconds=canvas.cooldown_seconds, open_=canvas.is_open
+            )
+        )
 
     def accept(self, updates: list, sent_at: float | None = None) -> None:
         if updates and self.oldest_pending is None:
@@ -273,7 +287,11 @@ class Registry:
             count = await database_sync_to_async(selectors.connections_online)(
                 canvas_id=hub.canvas_id
             )
-            await hub.send_all(protocol.online_frame(count))
+            # Only a changed count goes out: an idle canvas costs no per-socket
+            # work, and a new socket gets the count with its hello.
+            if count != hub.online_sent:
+                hub.online_sent = count
+                await hub.send_all(protocol.online_frame(count))
 
 
 def _daphne_socket(listener: Listener) -> WebSocketProtocol | None:

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -111,10 +112,19 @@ if REDIS_URL:
     # restart or a slow subscriber is refilled from the database by the hub's
     # gap check (PLACE_GAP_TIMEOUT). Redis's own client-output-buffer-limit for pubsub
     # (default 32mb hard, 8mb/60 s soft) bounds a stalled process.
+    #
+    # Redis pub/sub ignores the database number: two deployments (or test and
+    # benchmark stacks) on one Redis server but different databases would hear
+    # each other's canvas groups. The prefix carries the database number; DB 0
+    # keeps the library's default "asgi".
+    _redis_db = urlparse(REDIS_URL).path.strip("/") or "0"
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": "asgi" if _redis_db == "0" else f"asgi-db{_redis_db}",
+            },
         }
     }
 else:

@@ -71,3 +71,22 @@ async def test_changes_lost_by_the_layer_are_refilled_from_the_database(
         seqs += [u[0] for u in (await receive_type(watcher, "pixels"))["updates"]]
     assert seqs == [hello["seq"] + 1, hello["seq"] + 2, hello["seq"] + 3]
     await watcher.disconnect()
+
+
+async def test_a_settings_change_reaches_every_socket_from_one_read(make_canvas):
+    """The hub re-reads the canvas once and sends the same frame to all sockets."""
+    from canvas.models import Canvas
+
+    canvas = await adb(make_canvas)(slug="settings", cooldown=300)
+    watchers = [(await connect("settings"))[0] for _ in range(3)]
+
+    def pause():
+        Canvas.objects.filter(pk=canvas.pk).update(cooldown_seconds=60, is_open=False)
+        broadcast.canvas_changed(canvas_id=canvas.pk)
+
+    await adb(pause)()
+    for watcher in watchers:
+        frame = await receive_type(watcher, "canvas", timeout=5)
+        assert frame == {"type": "canvas", "cooldown_seconds": 60, "open": False}
+    for watcher in watchers:
+        await watcher.disconnect()
