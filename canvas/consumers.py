@@ -4,6 +4,7 @@ import logging
 import uuid
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -22,6 +23,22 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     # process's hub (canvas/hub.py). This keeps the layer's load per process, not
     # per socket, and a Redis outage cannot crash every open socket.
     channel_layer_alias = "no-layer-per-socket"
+
+    async def __call__(self, scope, receive, send) -> None:
+        """AsyncConsumer.__call__ for a consumer without a layer channel.
+
+        With one source of messages, awaiting it in the socket's own task is
+        enough: channels' await_many_dispatch keeps a Task and an asyncio.wait
+        future alive for every idle socket (about 2.5 KB each).
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
 
     async def connect(self) -> None:
         self.channel_name = f"{SERVER_ID}!{uuid.uuid4().hex}"
