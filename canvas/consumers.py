@@ -65,6 +65,10 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self.close(code=1011)
             return
         canvas, self.player_id, self.player_name, remaining = identity
+        # Everything the socket needs from its request headers is read: drop
+        # them rather than keep about a kilobyte per idle socket (the scope
+        # dict is the one daphne made; nothing else reads it afterwards).
+        self.scope["headers"] = ()
         # Only the id stays: the hub sends later settings changes itself.
         self.canvas_id = canvas.pk
         await self.accept()
@@ -137,7 +141,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     async def place(self, request: protocol.PlaceRequest) -> None:
         if self.player_id is None:
             message = exc.MSG_LOGIN_REQUIRED
-            if "session" not in self.scope or not self.scope["session"].session_key:
+            if not self.scope.get("session_key"):
                 message = (
                     exc.MSG_NO_SESSION if not settings.PLACE_REQUIRE_LOGIN else message
                 )
@@ -182,10 +186,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 def _identify(scope: dict):
     """Canvas, player and cooldown for a new socket (runs in a worker thread)."""
     canvas = selectors.canvas_get(slug=scope["url_route"]["kwargs"]["slug"])
-    session = scope.get("session")
+    session_key = scope.get("session_key")
     player = services.player_identify(
-        user=scope.get("user"),
-        session_key=session.session_key if session is not None else None,
+        user=selectors.session_user(session_key), session_key=session_key
     )
     player_id = player.pk if player else None
     remaining = selectors.cooldown_remaining(canvas=canvas, player_id=player_id)

@@ -4,13 +4,30 @@ import io
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import import_module
+from types import SimpleNamespace
 
+from django.conf import settings
+from django.contrib import auth
 from django.utils import timezone
 from PIL import Image
 
 from . import exceptions as exc
 from .models import CHUNK_SIZE, Canvas, Chunk, Connection, Cooldown, Placement
 from .protocol import Update
+
+
+def session_user(session_key: str | None):
+    """The user logged in on that session, or None.
+
+    Django's own check (auth.get_user), so a session whose password hash is
+    stale, or that never existed, gives nobody, exactly as on the HTTP side.
+    """
+    if not session_key:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(SimpleNamespace(session=store))
+    return user if user.is_authenticated else None
 
 
 @dataclass(frozen=True)
