@@ -19,6 +19,10 @@ def _trusted(address: str, trusted: list[str]) -> bool:
     return False
 
 
+def is_trusted_proxy(address: str | None) -> bool:
+    return bool(address) and _trusted(address, settings.PLACE_TRUSTED_PROXIES)
+
+
 def client_ip(*, peer: str | None, forwarded_for: str | None) -> str | None:
     """The client's address.
 

@@ -3,6 +3,7 @@
 import logging
 import uuid
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -34,6 +35,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        self.closed = False
         try:
             while True:
                 await self.dispatch(await receive())
@@ -58,7 +60,10 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 return
             identity = await database_sync_to_async(_identify)(self.scope)
         except exc.CanvasNotFound:
-            await self.close(code=4004)
+            # Accept first so the client sees the reason: a refused handshake
+            # reaches a browser as a bare HTTP 403 with no close code.
+            await self.accept()
+            await self.close(code=protocol.CLOSE_NO_CANVAS)
             return
         except DatabaseError:
             log.warning("database unavailable during connect")
@@ -100,7 +105,23 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         )
         await self.send(text_data=protocol.online_frame(online))
 
+    async def send(self, text_data=None, bytes_data=None, close=False) -> None:
+        """Send unless the socket is closing or gone: replies to frames still
+        queued behind a close (a flood, say) are dropped, not tracebacks."""
+        if self.closed:
+            return
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:  # daphne: the peer went between its frame and ours
+            self.closed = True
+
+    async def close(self, code=None, reason=None) -> None:
+        if not self.closed:
+            self.closed = True
+            await super().close(code=code, reason=reason)
+
     async def disconnect(self, code: int) -> None:
+        self.closed = True
         if self.hub is not None:
             self.hub.leave(self)
             await database_sync_to_async(services.connection_close)(
@@ -115,6 +136,8 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             self.backlog.append(frame)
 
     async def receive(self, text_data: str | None = None, bytes_data=None) -> None:
+        if self.closed:  # frames that arrived after we closed: nobody to answer
+            return
         wait = self.bucket.take()
         if wait > 0:
             if self.flood.refused():

@@ -52,15 +52,18 @@ class Hub:
         self.wires: dict[Listener, WebSocketProtocol | None] = {}
         self.oldest_pending: float | None = None
         self.online_sent: int | None = None
+        # The settings players were last told (or saw in their hello).
+        self.settings: tuple | None = None
 
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("hub.")
         # Join before reading the seq: anything committed after the read is
         # then certain to arrive through the group.
         await self.layer.group_add(broadcast.group_name(self.canvas_id), self.channel)
-        self.last_seq = await database_sync_to_async(selectors.canvas_seq)(
+        state = await database_sync_to_async(selectors.canvas_state)(
             canvas_id=self.canvas_id
         )
+        self.last_seq, self.settings = state.seq, state.settings
         loop = asyncio.get_running_loop()
         self.tasks = [
             loop.create_task(self._receive_forever()),
@@ -110,15 +113,29 @@ class Hub:
     async def canvas_changed(self) -> None:
         """Tell every socket the canvas's new settings: one read, one frame."""
         try:
-            canvas = await database_sync_to_async(selectors.canvas_by_id)(
+            state = await database_sync_to_async(selectors.canvas_state)(
                 canvas_id=self.canvas_id
             )
         except Exception:
             log.warning("canvas re-read failed", exc_info=True)
             return
+        await self.settings_seen(state)
+
+    async def settings_seen(self, state: selectors.CanvasState) -> None:
+        """Send a `canvas` frame if the settings differ from what players know.
+
+        Called on the layer's notice and on every period's poll, so a change
+        made where the notice cannot reach (a management command beside the
+        in-memory layer, a notice lost with Redis) still arrives within
+        PLACE_GAP_TIMEOUT, and never twice.
+        """
+        if state.settings == self.settings:
+            return
+        self.settings = state.settings
+        cooldown, is_open, width, height = state.settings
         await self.send_all(
             protocol.canvas_frame(
-                cooldown_seconds=canvas.cooldown_seconds, open_=canvas.is_open
+                cooldown_seconds=cooldown, open_=is_open, width=width, height=height
             )
         )
 
@@ -224,9 +241,11 @@ class Hub:
             log.info("refilled %d changes from the database", len(missing))
             self.accept(missing)
             await self.flush()
-        self.watch_target = await database_sync_to_async(selectors.canvas_seq)(
+        state = await database_sync_to_async(selectors.canvas_state)(
             canvas_id=self.canvas_id
         )
+        self.watch_target = state.seq
+        await self.settings_seen(state)
 
 
 class Registry:

@@ -13,6 +13,7 @@ MAX_FRAME_BYTES = 16 * 1024
 CLOSE_TOO_LARGE = 4009
 CLOSE_TOO_FAST = 4008  # a sustained flood of messages
 CLOSE_TOO_MANY = 4029  # too many open sockets from one address (before accept)
+CLOSE_NO_CANVAS = 4004  # no canvas by that slug (after accept, so browsers see it)
 Update = tuple[int, int, int, int]  # (seq, x, y, color)
 
 
@@ -121,8 +122,14 @@ def online_frame(count: int) -> str:
     return _dump({"type": "online", "count": count})
 
 
-def canvas_frame(*, cooldown_seconds: int, open_: bool) -> str:
-    """Canvas settings changed by a moderator (cooldown, paused)."""
+def canvas_frame(*, cooldown_seconds: int, open_: bool, width: int, height: int) -> str:
+    """Canvas settings changed by a moderator or operator (cooldown, pause, size)."""
     return _dump(
-        {"type": "canvas", "cooldown_seconds": cooldown_seconds, "open": open_}
+        {
+            "type": "canvas",
+            "cooldown_seconds": cooldown_seconds,
+            "open": open_,
+            "width": width,
+            "height": height,
+        }
     )

@@ -2,9 +2,15 @@
 
 import os
 
+import django
 from django.core.asgi import get_asgi_application
 
+from placeproject.collect import collect_if_missing
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "placeproject.settings")
+django.setup(set_prefix=False)
+# Before the app is built: the static files middleware indexes STATIC_ROOT then.
+collect_if_missing()
 # Build the Django app before importing anything that touches models.
 django_asgi_app = get_asgi_application()
 

@@ -43,6 +43,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 
 INSTALLED_APPS = [
     "daphne",
+    "servestatic",  # its configuration checks
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -54,6 +55,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "canvas.middleware.ForwardedProtoGuard",  # before anything asks is_secure()
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -197,14 +199,20 @@ SERVESTATIC_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 365
 
-# Security headers for production (DJANGO_DEBUG=false); see docs/deploy notes.
-if not DEBUG:
+# HTTPS-only behaviour, for a site served over TLS (docs/deploy.md). Off by
+# default, even with debug off: `daphne placeproject.asgi:application` on plain
+# HTTP must still be a working site (secure cookies would never come back over
+# HTTP, so nobody could log in, and the redirect would lead nowhere).
+DJANGO_HTTPS = env_bool("DJANGO_HTTPS", False)
+if DJANGO_HTTPS:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
+    # Believed only from PLACE_TRUSTED_PROXIES: canvas.middleware drops the
+    # header from anyone else before Django reads it.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The game's own settings (docs/protocol.md lists them with their defaults).

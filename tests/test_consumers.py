@@ -169,10 +169,14 @@ async def test_foreign_null_or_missing_origin_is_refused(canvas, headers):
     assert not await adb(Connection.objects.exists)()
 
 
-async def test_unknown_canvas_is_refused(canvas):
+async def test_unknown_canvas_is_closed_with_4004_after_accept(canvas):
+    """Accepted, then closed: a browser sees the code, not a bare HTTP 403."""
     client = communicator("nope")
-    connected, code = await client.connect(timeout=5)
-    assert not connected and code == 4004
+    connected, _ = await client.connect(timeout=5)
+    assert connected
+    closing = await client.receive_output(timeout=5)
+    assert (closing["type"], closing["code"]) == ("websocket.close", 4004)
+    assert not await adb(Connection.objects.exists)()
 
 
 async def test_socket_without_session_watches_but_cannot_place(canvas, anonymous_play):

@@ -1,5 +1,6 @@
 """The per-process hub: ordering by seq, batching, refilling lost changes."""
 
+import asyncio
 import json
 
 import pytest
@@ -87,6 +88,44 @@ async def test_a_settings_change_reaches_every_socket_from_one_read(make_canvas)
     await adb(pause)()
     for watcher in watchers:
         frame = await receive_type(watcher, "canvas", timeout=5)
-        assert frame == {"type": "canvas", "cooldown_seconds": 60, "open": False}
+        assert frame == {
+            "type": "canvas",
+            "cooldown_seconds": 60,
+            "open": False,
+            "width": 32,
+            "height": 16,
+        }
     for watcher in watchers:
         await watcher.disconnect()
+
+
+async def test_a_change_made_without_a_notice_still_reaches_sockets_once(
+    make_canvas, settings
+):
+    """As when `manage.py createcanvas` runs beside servers on the in-memory layer:
+    no layer message reaches them, the hub's periodic read notices the change."""
+    from canvas.models import Canvas
+
+    settings.PLACE_GAP_TIMEOUT = 0.2
+    canvas = await adb(make_canvas)(slug="quiet", width=32, height=16, cooldown=300)
+    watcher, _ = await connect("quiet")
+
+    def resize_without_notice():
+        Canvas.objects.filter(pk=canvas.pk).update(
+            width=40, height=20, cooldown_seconds=5
+        )
+
+    await adb(resize_without_notice)()
+    frame = await receive_type(watcher, "canvas", timeout=5)
+    assert frame == {
+        "type": "canvas",
+        "cooldown_seconds": 5,
+        "open": True,
+        "width": 40,
+        "height": 20,
+    }
+    # Several more periods pass: the same settings are not announced again.
+    await asyncio.sleep(1.0)
+    while not await watcher.receive_nothing(timeout=0.1):
+        assert json.loads(await watcher.receive_from())["type"] != "canvas"
+    await watcher.disconnect()

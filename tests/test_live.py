@@ -168,3 +168,80 @@ def test_rollback_command_reaches_connected_players(stack_factory, redis):
     assert stdout.strip() == "3 placements rolled back, 3 pixels changed"
     assert sorted((u[1], u[2], u[3]) for u in rolled) == [(x, 5, 0) for x in range(3)]
     assert [u[0] for u in rolled] == [4, 5, 6]
+
+
+def test_floods_stray_paths_and_unknown_canvases_leave_no_tracebacks(stack_factory):
+    """Misbehaving clients get their documented answers, and the log stays clean."""
+    import websockets
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    stack = stack_factory()
+    server = stack.servers[0]
+    origin = {"Origin": server.url}
+
+    async def flood_without_reading() -> int | None:
+        async with websockets.connect(
+            server.ws + "/ws/canvases/main/", additional_headers=origin
+        ) as socket:
+            try:
+                for _ in range(600):
+                    await socket.send('{"type": "nope"}')
+                    await asyncio.sleep(0.003)
+            except ConnectionClosed:
+                pass
+            await asyncio.wait_for(socket.wait_closed(), 10)
+            return socket.close_code
+
+    async def stray_path() -> int:
+        try:
+            await websockets.connect(
+                server.ws + "/ws/elsewhere/", additional_headers=origin
+            )
+        except InvalidStatus as refused:
+            return refused.response.status_code
+        raise AssertionError("a socket on an unknown path was accepted")
+
+    async def unknown_canvas() -> int | None:
+        async with websockets.connect(
+            server.ws + "/ws/canvases/no-such-canvas/", additional_headers=origin
+        ) as socket:
+            await socket.wait_closed()
+            return socket.close_code
+
+    # 4008, or 1006 when the flood is still arriving as the server closes: the
+    # unread frames make the closing side's TCP reset, which discards the close
+    # frame in flight (kernel behaviour; a client that pauses sees 4008).
+    assert asyncio.run(flood_without_reading()) in (4008, 1006)
+    assert asyncio.run(stray_path()) == 403
+    assert asyncio.run(unknown_canvas()) == 4004
+    asyncio.run(asyncio.sleep(0.5))
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Exception inside application" not in log, log
+
+
+def test_debug_off_daphne_alone_serves_a_working_site_over_plain_http(
+    stack_factory, tmp_path
+):
+    """No collectstatic, no TLS: the first start collects, pages and logins work."""
+    import re
+
+    static_root = tmp_path / "never-collected"
+    stack = stack_factory(
+        env={
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": "live-test-secret-key-not-for-production-0123456789",
+            "DJANGO_STATIC_ROOT": str(static_root),
+        }
+    )
+    server = stack.servers[0]
+    with urllib.request.urlopen(server.url + "/") as response:
+        assert response.url == server.url + "/"  # no redirect to https
+        html = response.read().decode()
+        cookies = response.headers.get_all("Set-Cookie") or []
+    script = re.search(r"/static/canvas/place\.[0-9a-f]{12}\.js", html)
+    assert script, html[:400]
+    with urllib.request.urlopen(server.url + script.group(0)) as response:
+        assert b"use strict" in response.read()
+    # Cookies a plain-HTTP browser keeps: none is marked Secure.
+    assert not any("secure" in cookie.lower() for cookie in cookies), cookies
+    assert (static_root / "staticfiles.json").exists()

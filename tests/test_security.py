@@ -33,6 +33,7 @@ def test_deploy_check_reports_no_issues_with_debug_off():
         "--fail-level",
         "WARNING",
         DJANGO_DEBUG="false",
+        DJANGO_HTTPS="true",
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         DJANGO_ALLOWED_HOSTS="place.example.org",
     )
@@ -67,3 +68,19 @@ def test_admin_is_only_for_staff(client, db, staff):
     client.force_login(user)
     response = client.get("/admin/")
     assert response.status_code == (200 if staff else 302)
+
+
+@pytest.mark.parametrize(
+    ("proxies", "expected"), [("", 301), ("127.0.0.1", 200)], ids=["client", "proxy"]
+)
+def test_forwarded_proto_is_believed_only_from_trusted_proxies(
+    client, db, settings, proxies, expected
+):
+    """Behind TLS (SSL redirect on), a client cannot claim HTTPS by header."""
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.PLACE_TRUSTED_PROXIES = [proxies] if proxies else []
+    response = client.get("/accounts/login/", HTTP_X_FORWARDED_PROTO="https")
+    assert response.status_code == expected
+    if expected == 301:
+        assert response["Location"].startswith("https://")

@@ -435,6 +435,11 @@
         break;
       case 'canvas':
         if (msg.open === false) showMessage('The canvas is paused by the moderators.', 'info');
+        if (msg.width !== undefined && (msg.width !== width || msg.height !== height)) {
+          // Resized: the board we hold is the wrong shape. Fetch it whole.
+          etag = null;
+          loadBoard();
+        }
         break;
       default:
         break; // unknown types are for newer clients
