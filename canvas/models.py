@@ -56,6 +56,13 @@ class Canvas(models.Model):
     is_open = models.BooleanField(default=True)
     # Seq of the newest change; every change takes the next one, in its transaction.
     seq = models.BigIntegerField(default=0)
+    # Bumped by every change of width or height, which rewrites the board without
+    # a seq: board ETags and cache keys carry it, so no two boards share one.
+    epoch = models.PositiveIntegerField(default=0, editable=False)
+    # [seq, width, height] of every resize that cleared pixels: the canvas seq
+    # then and the new size. A placement with a seq at or below one of them, at
+    # a pixel outside that size, was wiped by it (see pixel_info).
+    shrinks = models.JSONField(default=list, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -71,6 +78,13 @@ class Canvas(models.Model):
     @property
     def chunks_y(self) -> int:
         return -(-self.height // CHUNK_SIZE)
+
+    def cleared_since(self, *, x: int, y: int, seq: int) -> bool:
+        """Whether a resize wiped pixel (x, y) after the change with this seq."""
+        return any(
+            seq <= at and (x >= width or y >= height)
+            for at, width, height in self.shrinks
+        )
 
 
 class Chunk(models.Model):

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.contrib import auth
+from django.db import connection, transaction
 from django.utils import timezone
 from PIL import Image
 
@@ -35,6 +36,8 @@ class Snapshot:
     data: bytes
     seq: int
     etag: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,38 @@ def canvas_seq(*, canvas_id: int) -> int:
     return Canvas.objects.filter(pk=canvas_id).values_list("seq", flat=True).get()
 
 
+@dataclass(frozen=True)
+class CanvasState:
+    """What a hub polls each period: the newest seq and the settings players see."""
+
+    seq: int
+    cooldown_seconds: int
+    is_open: bool
+    width: int
+    height: int
+
+    @property
+    def settings(self) -> tuple:
+        return (self.cooldown_seconds, self.is_open, self.width, self.height)
+
+
+def canvas_state(*, canvas_id: int) -> CanvasState:
+    row = (
+        Canvas.objects.filter(pk=canvas_id)
+        .values_list("seq", "cooldown_seconds", "is_open", "width", "height")
+        .get()
+    )
+    return CanvasState(*row)
+
+
 def board_assemble(canvas: Canvas) -> bytes:
     """Read every chunk and lay them out row-major, one byte per pixel."""
-    width, height = canvas.width, canvas.height
-    board = bytearray(width * height)
     rows = Chunk.objects.filter(canvas_id=canvas.pk).values_list("cx", "cy", "data")
+    return _board_layout(list(rows), canvas.width, canvas.height)
+
+
+def _board_layout(rows: list, width: int, height: int) -> bytes:
+    board = bytearray(width * height)
     for cx, cy, data in rows:
         data = bytes(data)
         x0, y0 = cx * CHUNK_SIZE, cy * CHUNK_SIZE
@@ -78,8 +108,51 @@ def board_assemble(canvas: Canvas) -> bytes:
     return bytes(board)
 
 
+@dataclass(frozen=True)
+class BoardVersion:
+    """What identifies the board's bytes: any change moves seq or epoch."""
+
+    canvas_id: int
+    created_at: datetime
+    epoch: int
+    width: int
+    height: int
+    seq: int
+
+    @property
+    def etag(self) -> str:
+        # The creation time too: an id can come back after a canvas is deleted.
+        born = int(self.created_at.timestamp()) * 10**6 + self.created_at.microsecond
+        size = f"{self.width}x{self.height}"
+        return f'"{self.canvas_id}.{born:x}-{self.epoch}-{size}-{self.seq}"'
+
+
+def _board_version(canvas_id: int, *, lock: bool = False) -> BoardVersion:
+    """The canvas's board version; `lock` waits for and holds off its writers.
+
+    Every writer locks the canvas row before it touches chunks. On PostgreSQL
+    FOR SHARE waits for the ones in flight and keeps new ones out until the
+    transaction ends, without blocking other readers. SQLite transactions start
+    IMMEDIATE here (settings), which already serialises them with writers.
+    """
+    fields = ("created_at", "epoch", "width", "height", "seq")
+    if lock and connection.vendor == "postgresql":
+        table = connection.ops.quote_name(Canvas._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(fields)} FROM {table} WHERE id = %s FOR SHARE",
+                [canvas_id],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise Canvas.DoesNotExist(canvas_id)
+    else:
+        row = Canvas.objects.filter(pk=canvas_id).values_list(*fields).get()
+    return BoardVersion(canvas_id, *row)
+
+
 class _SnapshotCache:
-    """The newest snapshot per canvas in this process, keyed by its seq."""
+    """The newest snapshot per canvas in this process, keyed by its ETag."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -91,29 +164,45 @@ _cache = _SnapshotCache()
 
 
 def board_snapshot(*, canvas: Canvas) -> Snapshot:
-    """The board bytes with the seq of the newest change they include.
+    """The board bytes with exactly the seq of the newest change they include.
 
-    The seq is read before the chunks, so the bytes are at least that new;
-    replaying changes above the seq onto them is idempotent.
+    Warm, one small query: the cached snapshot still holds while the version
+    (seq, epoch, size) is unchanged, since every board write moves one of them.
     """
-    seq = canvas_seq(canvas_id=canvas.pk)
-    etag = f'"{canvas.pk}-{canvas.width}x{canvas.height}-{seq}"'
+    version = _board_version(canvas.pk)
     cached = _cache.boards.get(canvas.pk)
-    if cached is not None and cached.etag == etag:
+    if cached is not None and cached.etag == version.etag:
         return cached
-    snapshot = Snapshot(data=board_assemble(canvas), seq=seq, etag=etag)
+    snapshot = _snapshot_read(canvas.pk)
     with _cache.lock:
         _cache.boards[canvas.pk] = snapshot
     return snapshot
 
 
+def _snapshot_read(canvas_id: int) -> Snapshot:
+    """Version and chunks from one consistent state of the database."""
+    with transaction.atomic():
+        version = _board_version(canvas_id, lock=True)
+        rows = list(
+            Chunk.objects.filter(canvas_id=canvas_id).values_list("cx", "cy", "data")
+        )
+    # Laid out after commit, so writers wait only for the read.
+    return Snapshot(
+        data=_board_layout(rows, version.width, version.height),
+        seq=version.seq,
+        etag=version.etag,
+        width=version.width,
+        height=version.height,
+    )
+
+
 def board_png(*, canvas: Canvas) -> tuple[str, bytes]:
-    """The board as a PNG, cached per seq like the bytes."""
+    """The board as a PNG, cached per board ETag like the bytes."""
     snapshot = board_snapshot(canvas=canvas)
     cached = _cache.pngs.get(canvas.pk)
     if cached is not None and cached[0] == snapshot.etag:
         return cached
-    image = Image.frombytes("P", (canvas.width, canvas.height), snapshot.data)
+    image = Image.frombytes("P", (snapshot.width, snapshot.height), snapshot.data)
     image.putpalette(palette_rgb(canvas.palette))
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False, compress_level=1)
@@ -131,7 +220,10 @@ def palette_rgb(palette: list[str]) -> list[int]:
 
 
 def pixel_info(*, canvas: Canvas, x: int, y: int) -> PixelInfo:
-    """Current colour of a pixel and the placement that shows there, if any."""
+    """Current colour of a pixel and the placement that shows there, if any.
+
+    None shows if a resize wiped the pixel after its newest placement.
+    """
     if not (0 <= x < canvas.width and 0 <= y < canvas.height):
         raise exc.PlaceError("out_of_bounds", exc.MSG_OUT_OF_BOUNDS)
     chunk = (
@@ -150,7 +242,7 @@ def pixel_info(*, canvas: Canvas, x: int, y: int) -> PixelInfo:
         .order_by("-seq")
         .first()
     )
-    if latest is None:
+    if latest is None or canvas.cleared_since(x=x, y=y, seq=latest.seq):
         return PixelInfo(x=x, y=y, color=color, placed_by=None, placed_at=None)
     name = latest.player.name if latest.player else None
     return PixelInfo(x=x, y=y, color=color, placed_by=name, placed_at=latest.placed_at)

@@ -49,7 +49,9 @@ def canvas_create_or_update(
     if cooldown_seconds is not None and cooldown_seconds < 0:
         raise ValueError("cooldown must not be negative")
     with transaction.atomic():
-        canvas = Canvas.objects.filter(slug=slug).first()
+        # Locked first, as placements lock it before their chunks: a resize
+        # rewrites every chunk, and snapshots rely on that order.
+        canvas = Canvas.objects.select_for_update().filter(slug=slug).first()
         if canvas is None:
             canvas = Canvas.objects.create(
                 slug=slug,
@@ -86,11 +88,18 @@ def _chunks_create(canvas: Canvas) -> None:
 
 
 def _canvas_resize(canvas: Canvas, width: int, height: int) -> None:
-    """Keep the pixels that still fit; new area is background (index 0)."""
+    """Keep the pixels that still fit; new area is background (index 0).
+
+    Call with the canvas row locked. The board changes without a seq, so the
+    epoch moves instead, and a shrink is recorded for pixel info.
+    """
     from .selectors import board_assemble
 
     old = board_assemble(canvas)
     old_width, old_height = canvas.width, canvas.height
+    if width < old_width or height < old_height:
+        canvas.shrinks = [*canvas.shrinks, [canvas.seq, width, height]]
+    canvas.epoch += 1
     canvas.width, canvas.height = width, height
     Chunk.objects.filter(canvas=canvas).delete()
     _chunks_create(canvas)

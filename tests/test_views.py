@@ -172,3 +172,99 @@ def test_forms_need_csrf(canvas):
     strict = Client(enforce_csrf_checks=True)
     response = strict.post("/accounts/login/", {"username": "x", "password": "y"})
     assert response.status_code == 403
+
+
+def test_resize_and_back_changes_the_board_etag_and_clears_bytes(client, canvas):
+    place(canvas, 35, 25, 12)
+    before = client.get("/api/canvases/test/board")
+    png_before = client.get("/api/canvases/test/board.png")
+    assert before.content[25 * 40 + 35] == 12
+    services.canvas_create_or_update(slug="test", width=20, height=20)
+    services.canvas_create_or_update(slug="test", width=40, height=30)
+    etag = {"if-none-match": before["ETag"]}
+    after = client.get("/api/canvases/test/board", headers=etag)
+    assert after.status_code == 200 and after["ETag"] != before["ETag"]
+    assert after["X-Canvas-Seq"] == "1" and after.content == bytes(40 * 30)
+    png_etag = {"if-none-match": png_before["ETag"]}
+    png = client.get("/api/canvases/test/board.png", headers=png_etag)
+    assert png.status_code == 200
+    image = Image.open(io.BytesIO(png.content)).convert("RGB")
+    assert image.getpixel((35, 25)) == (0xFF, 0xFF, 0xFF)
+
+
+def test_pixel_cleared_by_a_shrink_names_no_placer(client, canvas):
+    place(canvas, 35, 25, 12, name="carol")
+    place(canvas, 2, 3, 4, name="carol")
+    services.canvas_create_or_update(slug="test", width=20, height=30)
+    services.canvas_create_or_update(slug="test", width=40, height=30)
+    cleared = client.get("/api/canvases/test/pixels/35/25").json()
+    assert cleared == {
+        "x": 35,
+        "y": 25,
+        "color": 0,
+        "placed_by": None,
+        "placed_at": None,
+    }
+    kept = client.get("/api/canvases/test/pixels/2/3").json()
+    assert kept["color"] == 4 and kept["placed_by"] == "carol"
+    # A later shrink that spares the pixel brings back no wiped placement.
+    services.canvas_create_or_update(slug="test", width=39, height=30)
+    assert client.get("/api/canvases/test/pixels/35/25").json()["placed_by"] is None
+    place(canvas, 35, 25, 7, name="dave")
+    again = client.get("/api/canvases/test/pixels/35/25").json()
+    assert again["color"] == 7 and again["placed_by"] == "dave"
+
+
+def _board_at(seq: int, changes: list[tuple[int, int, int, int]]) -> bytes:
+    """A 16×16 board after the changes (seq, x, y, color) up to `seq`."""
+    board = bytearray(16 * 16)
+    for at, x, y, color in sorted(changes):
+        if at <= seq:
+            board[y * 16 + x] = color
+    return bytes(board)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_board_bytes_match_their_seq_while_placements_commit(client, make_canvas):
+    """Other threads commit placements; every board fetched meanwhile shows
+    exactly the changes up to its X-Canvas-Seq, no more and no fewer."""
+    import threading
+    import time
+
+    from django.db import connections
+
+    canvas = make_canvas(slug="race", width=16, height=16, cooldown=0)
+    stop = threading.Event()
+    changes: list[tuple[int, int, int, int]] = []
+
+    def place_many(thread: int) -> None:
+        player = Player.objects.create(name=f"racer{thread}")
+        try:
+            for k in range(100_000):
+                if stop.is_set():
+                    break
+                x, y, color = (k * 7 + thread) % 16, k % 16, 1 + (k + thread) % 15
+                seq = services.placement_create(
+                    canvas_id=canvas.pk, player_id=player.pk, x=x, y=y, color=color
+                ).seq
+                changes.append((seq, x, y, color))
+                time.sleep(0.0005)  # paced like ingest's window, not a busy loop
+        finally:
+            connections.close_all()
+
+    placers = [threading.Thread(target=place_many, args=(t,)) for t in range(4)]
+    for placer in placers:
+        placer.start()
+    fetched = []
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            response = client.get("/api/canvases/race/board")
+            fetched.append((int(response["X-Canvas-Seq"]), response.content))
+    finally:
+        stop.set()
+        for placer in placers:
+            placer.join(30)
+    wrong = [seq for seq, data in fetched if data != _board_at(seq, changes)]
+    assert wrong == []
+    assert len({seq for seq, _ in fetched}) > 10  # the board moved while read
