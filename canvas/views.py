@@ -4,13 +4,13 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth import login, logout
-from django.contrib.auth.forms import UserCreationForm
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from . import exceptions as exc
 from . import ratelimit, selectors, services
+from .account_forms import SignupForm
 from .clientip import request_ip
 from .models import PALETTE_2017, PALETTE_2017_NAMES
 
@@ -169,15 +169,15 @@ def login_page(request: HttpRequest) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     limit, window = settings.PLACE_SIGNUP_LIMIT, settings.PLACE_SIGNUP_WINDOW
     if not _attempts_allowed(request, "signup", limit, window):
-        return _too_many(request, "registration/signup.html", UserCreationForm())
+        return _too_many(request, "registration/signup.html", SignupForm())
     if request.method == "POST":
-        form = UserCreationForm(request.POST)
+        form = SignupForm(request.POST)
         if form.is_valid():
             user = form.save()
             login(request, user)
             return redirect(_safe_next(request))
     else:
-        form = UserCreationForm()
+        form = SignupForm()
     return render(request, "registration/signup.html", {"form": form})
 
 

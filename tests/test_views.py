@@ -154,6 +154,55 @@ def test_signup_with_mismatched_passwords_shows_the_error(client, db):
     assert not get_user_model().objects.filter(username="erin").exists()
 
 
+@pytest.mark.parametrize("field", ["password", "password1"])
+def test_signup_needs_only_username_and_password(client, canvas, field):
+    response = client.post(
+        "/accounts/signup/", {"username": "gina", field: "a-long-pass-123"}
+    )
+    assert response.status_code == 302
+    assert client.get("/c/test/").context["user"].username == "gina"
+    client.logout()
+    login = {"username": "gina", "password": "a-long-pass-123"}
+    assert client.post("/accounts/login/", login).status_code == 302
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"password": "a-long-pass-123", "password2": "other-pass-456"},
+        {"password": "a-long-pass-123", "password1": "other-pass-456"},
+    ],
+)
+def test_signup_confirmation_when_given_must_match(client, db, fields):
+    response = client.post("/accounts/signup/", {"username": "hal", **fields})
+    assert response.status_code == 200 and b"didn" in response.content
+    assert not get_user_model().objects.filter(username="hal").exists()
+
+
+@pytest.mark.parametrize("password", ["", "short", "password123"])
+def test_signup_still_applies_the_password_validators(client, db, password):
+    response = client.post(
+        "/accounts/signup/", {"username": "ivy", "password": password}
+    )
+    assert response.status_code == 200
+    assert not get_user_model().objects.filter(username="ivy").exists()
+
+
+def test_signup_page_does_not_require_the_confirmation(client, db):
+    html = client.get("/accounts/signup/").content.decode()
+    confirmation = html[html.index('name="password2"') :].split(">", 1)[0]
+    assert "required" not in confirmation
+
+
+def test_signup_rate_limit_still_applies(client, db, settings):
+    settings.PLACE_SIGNUP_LIMIT = 1
+    first = {"username": "jo", "password": "a-long-pass-123"}
+    assert client.post("/accounts/signup/", first).status_code == 302
+    second = {"username": "kim", "password": "a-long-pass-123"}
+    assert client.post("/accounts/signup/", second).status_code == 429
+    assert not get_user_model().objects.filter(username="kim").exists()
+
+
 def test_login_and_logout(client, canvas):
     get_user_model().objects.create_user("frank", password="a-long-pass-123")
     assert client.get("/accounts/login/").status_code == 200
