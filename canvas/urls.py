@@ -13,10 +13,12 @@ urlpatterns = [
     path("api/canvases/<slug:slug>/board", views.board, name="api-board"),
     path("api/canvases/<slug:slug>/board.png", views.board_png, name="api-board-png"),
     path("metrics", metrics.metrics_view, name="metrics"),
-    # Signed, so a negative coordinate gets the API's JSON 404, not a page.
+    # Any segment: the view answers a bad coordinate with the API's JSON 404.
     re_path(
-        r"^api/canvases/(?P<slug>[-\w]+)/pixels/(?P<x>-?\d+)/(?P<y>-?\d+)$",
+        r"^api/canvases/(?P<slug>[-\w]+)/pixels/(?P<x>[^/]+)/(?P<y>[^/]+)$",
         views.pixel,
         name="api-pixel",
     ),
+    # Last: nothing under /api/ answers with an HTML page.
+    re_path(r"^api/(?P<path>.*)$", views.api_not_found, name="api-not-found"),
 ]

@@ -1,11 +1,19 @@
 """HTTP: the player page, the canvas API and the account pages."""
 
+import re
 from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth import login, logout
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponsePermanentRedirect,
+    JsonResponse,
+)
 from django.shortcuts import redirect, render
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from . import exceptions as exc
@@ -121,9 +129,17 @@ def board_png(request: HttpRequest, canvas) -> HttpResponse:
     return HttpResponse(png, content_type="image/png", headers=headers)
 
 
+MSG_BAD_COORDINATES = "x and y must be whole numbers."
+MSG_NO_ENDPOINT = "No such API endpoint."
+# Strict: int() would also take " 1", "+1" and "1_0". Nine digits are plenty.
+COORDINATE = re.compile(r"-?[0-9]{1,9}")
+
+
 @require_GET
 @_canvas_or_404
 def pixel(request: HttpRequest, canvas, x: str, y: str) -> JsonResponse:
+    if not (COORDINATE.fullmatch(x) and COORDINATE.fullmatch(y)):
+        return JsonResponse({"error": MSG_BAD_COORDINATES}, status=404)
     try:
         info = selectors.pixel_info(canvas=canvas, x=int(x), y=int(y))
     except exc.PlaceError:
@@ -137,6 +153,31 @@ def pixel(request: HttpRequest, canvas, x: str, y: str) -> JsonResponse:
             "placed_at": info.placed_at.isoformat() if info.placed_at else None,
         }
     )
+
+
+@csrf_exempt  # a POST without a token gets this JSON 404 too, not a 403 page
+def api_not_found(request: HttpRequest, path: str) -> HttpResponse:
+    """Any other path under /api/: a JSON 404, as API clients expect.
+
+    This route matches everything, which would stop CommonMiddleware adding a
+    missing slash, so that redirect is made here.
+    """
+    if _slash_would_match(request):
+        target = request.get_full_path(force_append_slash=True)
+        return HttpResponsePermanentRedirect(target)
+    return JsonResponse({"error": MSG_NO_ENDPOINT}, status=404)
+
+
+def _slash_would_match(request: HttpRequest) -> bool:
+    path = request.path_info
+    if not settings.APPEND_SLASH or path.endswith("/"):
+        return False
+    if request.method not in ("GET", "HEAD"):
+        return False
+    try:
+        return resolve(path + "/").func is not api_not_found
+    except Resolver404:
+        return False
 
 
 MSG_TOO_MANY_ATTEMPTS = "Too many attempts from your address; try again later."

@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from PIL import Image
 
-from canvas import services
+from canvas import services, views
 from canvas.models import Player
 
 
@@ -317,3 +317,40 @@ def test_board_bytes_match_their_seq_while_placements_commit(client, make_canvas
     wrong = [seq for seq, data in fetched if data != _board_at(seq, changes)]
     assert wrong == []
     assert len({seq for seq, _ in fetched}) > 10  # the board moved while read
+
+
+@pytest.mark.parametrize(
+    "x, y", [("1.5", "0"), ("a", "0"), ("0", "1e3"), ("+1", "0"), ("1_0", "0")]
+)
+def test_pixel_with_a_non_integer_coordinate_is_a_json_404(client, canvas, x, y):
+    response = client.get(f"/api/canvases/test/pixels/{x}/{y}")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] == views.MSG_BAD_COORDINATES
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/",
+        "/api/nothing",
+        "/api/canvases/",
+        "/api/canvases/test/board.gif",
+        "/api/canvases/test/pixels/1",
+        "/api/canvases/a.b/",
+        "/api/v2/canvases/test/",
+    ],
+)
+def test_unknown_api_paths_are_json_404s(canvas, url):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    for response in (client.get(url), client.post(url)):
+        assert response.status_code == 404
+        assert response.json() == {"error": views.MSG_NO_ENDPOINT}
+
+
+def test_api_path_missing_its_slash_still_redirects(client, canvas):
+    response = client.get("/api/canvases/test?x=1")
+    assert response.status_code == 301
+    assert response["Location"] == "/api/canvases/test/?x=1"
