@@ -13,8 +13,9 @@ from django.http import (
 )
 from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve
+from django.utils.http import parse_etags
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 
 from . import exceptions as exc
 from . import ratelimit, selectors, services
@@ -97,13 +98,23 @@ def play(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 @_canvas_or_404
 def canvas_meta(request: HttpRequest, canvas) -> JsonResponse:
     return JsonResponse(canvas_json(canvas))
 
 
-@require_GET
+def _not_modified(request: HttpRequest, etag: str) -> bool:
+    """If-None-Match by RFC 9110: `*`, or any listed tag, compared weakly."""
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    tags = parse_etags(header)
+    ours = etag.removeprefix("W/")
+    return tags == ["*"] or any(tag.removeprefix("W/") == ours for tag in tags)
+
+
+@require_safe
 @_canvas_or_404
 def board(request: HttpRequest, canvas) -> HttpResponse:
     snapshot = selectors.board_snapshot(canvas=canvas)
@@ -112,19 +123,19 @@ def board(request: HttpRequest, canvas) -> HttpResponse:
         "X-Canvas-Seq": str(snapshot.seq),
         "Cache-Control": "no-cache",
     }
-    if request.headers.get("If-None-Match") == snapshot.etag:
+    if _not_modified(request, snapshot.etag):
         return HttpResponse(status=304, headers=headers)
     return HttpResponse(
         snapshot.data, content_type="application/octet-stream", headers=headers
     )
 
 
-@require_GET
+@require_safe
 @_canvas_or_404
 def board_png(request: HttpRequest, canvas) -> HttpResponse:
     etag, png = selectors.board_png(canvas=canvas)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if request.headers.get("If-None-Match") == etag:
+    if _not_modified(request, etag):
         return HttpResponse(status=304, headers=headers)
     return HttpResponse(png, content_type="image/png", headers=headers)
 
@@ -135,7 +146,7 @@ MSG_NO_ENDPOINT = "No such API endpoint."
 COORDINATE = re.compile(r"-?[0-9]{1,9}")
 
 
-@require_GET
+@require_safe
 @_canvas_or_404
 def pixel(request: HttpRequest, canvas, x: str, y: str) -> JsonResponse:
     if not (COORDINATE.fullmatch(x) and COORDINATE.fullmatch(y)):

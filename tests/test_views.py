@@ -354,3 +354,47 @@ def test_api_path_missing_its_slash_still_redirects(client, canvas):
     response = client.get("/api/canvases/test?x=1")
     assert response.status_code == 301
     assert response["Location"] == "/api/canvases/test/?x=1"
+
+
+@pytest.mark.parametrize("path", ["board", "board.png"])
+@pytest.mark.parametrize(
+    "if_none_match",
+    ["*", "W/{etag}", '"other", {etag}', 'W/"other",W/{etag}', " {etag} "],
+)
+def test_if_none_match_forms_give_304(client, canvas, path, if_none_match):
+    url = f"/api/canvases/test/{path}"
+    etag = client.get(url)["ETag"]
+    header = if_none_match.format(etag=etag)
+    response = client.get(url, headers={"if-none-match": header})
+    assert response.status_code == 304 and response.content == b""
+    assert response["ETag"] == etag
+
+
+@pytest.mark.parametrize("path", ["board", "board.png"])
+def test_if_none_match_without_the_current_etag_gives_200(client, canvas, path):
+    url = f"/api/canvases/test/{path}"
+    etag = client.get(url)["ETag"]
+    place(canvas, 1, 1, 3)
+    for header in [etag, f"W/{etag}", f'"x", {etag}', "garbage"]:
+        response = client.get(url, headers={"if-none-match": header})
+        assert response.status_code == 200 and response.content
+
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("", "application/json"),
+        ("board", "application/octet-stream"),
+        ("board.png", "image/png"),
+        ("pixels/1/1", "application/json"),
+    ],
+)
+def test_head_answers_with_headers_and_no_body(client, canvas, path, content_type):
+    place(canvas, 1, 1, 3)
+    response = client.head(f"/api/canvases/test/{path}")
+    assert response.status_code == 200 and response.content == b""
+    assert response["Content-Type"] == content_type
+    if path.startswith("board"):
+        assert response["ETag"] == client.get(f"/api/canvases/test/{path}")["ETag"]
+    if path == "board":
+        assert response["X-Canvas-Seq"] == "1"
