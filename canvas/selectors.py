@@ -1,5 +1,6 @@
 """Reads: canvases, board snapshots, pixel info, cooldowns and change history."""
 
+import hashlib
 import io
 import threading
 from dataclasses import dataclass
@@ -197,16 +198,22 @@ def _snapshot_read(canvas_id: int) -> Snapshot:
 
 
 def board_png(*, canvas: Canvas) -> tuple[str, bytes]:
-    """The board as a PNG, cached per board ETag like the bytes."""
+    """The board as a PNG, cached per board ETag and palette.
+
+    The palette is in the PNG's ETag too: a moderator may recolour it in the
+    admin without any pixel (or the board's own ETag) changing.
+    """
     snapshot = board_snapshot(canvas=canvas)
+    colours = hashlib.sha1("".join(canvas.palette).encode()).hexdigest()[:10]
+    etag = f'{snapshot.etag[:-1]}-{colours}"'
     cached = _cache.pngs.get(canvas.pk)
-    if cached is not None and cached[0] == snapshot.etag:
+    if cached is not None and cached[0] == etag:
         return cached
     image = Image.frombytes("P", (snapshot.width, snapshot.height), snapshot.data)
     image.putpalette(palette_rgb(canvas.palette))
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False, compress_level=1)
-    result = (snapshot.etag, out.getvalue())
+    result = (etag, out.getvalue())
     with _cache.lock:
         _cache.pngs[canvas.pk] = result
     return result

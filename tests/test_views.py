@@ -79,6 +79,20 @@ def test_board_png_shows_the_palette_colours(client, canvas):
     assert image.getpixel((0, 0)) == (0xFF, 0xFF, 0xFF)
 
 
+def test_board_png_follows_a_palette_change_with_a_new_etag(client, canvas):
+    """A moderator recolours red in the admin: no pixel changes, the PNG does."""
+    place(canvas, 2, 3, 5)
+    before = client.get("/api/canvases/test/board.png")
+    canvas.palette = [*canvas.palette[:5], "#00ff00", *canvas.palette[6:]]
+    canvas.save()
+    after = client.get(
+        "/api/canvases/test/board.png", headers={"if-none-match": before["ETag"]}
+    )
+    assert after.status_code == 200 and after["ETag"] != before["ETag"]
+    image = Image.open(io.BytesIO(after.content)).convert("RGB")
+    assert image.getpixel((2, 3)) == (0x00, 0xFF, 0x00)
+
+
 def test_pixel_info_names_who_placed_it_and_when(client, canvas):
     place(canvas, 4, 4, 9, name="carol")
     body = client.get("/api/canvases/test/pixels/4/4").json()
