@@ -4,6 +4,7 @@ import logging
 import uuid
 
 from autobahn.exception import Disconnected
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -41,6 +42,20 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+
+    async def dispatch(self, message) -> None:
+        """AsyncConsumer.dispatch without its per-message `aclose_old_connections`.
+
+        That is a thread hop for every frame (a fifth of a server's time under
+        heavy placing, bench/RESULTS.md ingest). This consumer never touches the
+        ORM on the event loop: its database calls go through
+        database_sync_to_async, which closes stale connections itself, and
+        placements through the ingest thread.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.channel_name = f"{SERVER_ID}!{uuid.uuid4().hex}"
