@@ -387,6 +387,14 @@ def _board_write(
     """
     if not changes:
         return []
+    # A canvas shrunk since these placements has no such pixels any more:
+    # nothing to write there, and nothing to send players for them.
+    width, height = (
+        Canvas.objects.filter(pk=canvas_id).values_list("width", "height").get()
+    )
+    changes = [c for c in changes if c[0] < width and c[1] < height]
+    if not changes:
+        return []
     changes = sorted(changes, key=lambda c: (c[1], c[0]))
     keys = sorted({(x // CHUNK_SIZE, y // CHUNK_SIZE) for x, y, _ in changes})
     chunks = services.chunks_read(canvas_id=canvas_id, keys=keys)

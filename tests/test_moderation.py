@@ -108,6 +108,26 @@ def test_rollback_of_only_placement_shows_background(make_canvas, players, run):
     assert pixel(canvas, 0, 0) == 0
 
 
+def test_rollback_after_a_shrink_changes_no_pixel_outside_the_canvas(
+    make_canvas, players, run, stream
+):
+    canvas = make_canvas(width=32, height=16, cooldown=0)
+    place(run, canvas, players[1], 30, 10, 3)
+    place(run, canvas, players[0], 30, 10, 5)
+    place(run, canvas, players[0], 2, 2, 5)
+    services.canvas_create_or_update(slug=canvas.slug, width=20, height=16)
+    canvas.refresh_from_db()
+    seq_before, sent_before = canvas.seq, len(stream)
+    action = rollback(run, canvas, Scope(player_ids=(players[0].pk,)))
+    # Both of alice's placements are marked; only the pixel still on the canvas
+    # changes, and no update names a pixel outside it.
+    assert (action.placements_count, action.pixels_count) == (2, 1)
+    canvas.refresh_from_db()
+    assert canvas.seq == seq_before + 1
+    assert [u[1:] for u in stream[sent_before:]] == [(2, 2, 0)]
+    assert pixel(canvas, 2, 2) == 0
+
+
 def test_each_changed_pixel_gets_a_moderation_seq_and_is_broadcast(
     make_canvas, players, run, stream
 ):
