@@ -62,6 +62,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.player_id: int | None = None
         self.player_name: str | None = None
         self.hub = None
+        self.row_open = False
         self.ready = False
         self.backlog: list[str] = []
         self.ip = scope_ip(self.scope)
@@ -92,14 +93,22 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # Only the id stays: the hub sends later settings changes itself.
         self.canvas_id = canvas.pk
         await self.accept()
-        await database_sync_to_async(services.connection_open)(
-            channel_name=self.channel_name,
-            canvas_id=self.canvas_id,
-            player_id=self.player_id,
-            server=SERVER_ID,
-            ip=self.ip,
-        )
-        self.hub = await registry.hub(self.canvas_id)
+        try:
+            await database_sync_to_async(services.connection_open)(
+                channel_name=self.channel_name,
+                canvas_id=self.canvas_id,
+                player_id=self.player_id,
+                server=SERVER_ID,
+                ip=self.ip,
+            )
+            self.row_open = True
+            hub = await registry.hub(self.canvas_id)
+        except DatabaseError:
+            # The close brings websocket.disconnect, and with it the cleanup.
+            log.warning("database unavailable while opening a socket")
+            await self.close(code=1011)
+            return
+        self.hub = hub
         seq = self.hub.join(self)
         await self.send(
             text_data=protocol.hello_frame(
@@ -115,9 +124,13 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=frame)
         self.backlog = []
         # The hub sends the count every heartbeat; a new player sees it at once.
-        online = await database_sync_to_async(selectors.connections_online)(
-            canvas_id=self.canvas_id
-        )
+        try:
+            online = await database_sync_to_async(selectors.connections_online)(
+                canvas_id=self.canvas_id
+            )
+        except DatabaseError:  # the next heartbeat brings it instead
+            log.warning("online count unavailable", exc_info=True)
+            return
         await self.send(text_data=protocol.online_frame(online))
 
     async def send(self, text_data=None, bytes_data=None, close=False) -> None:
@@ -139,9 +152,13 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.closed = True
         if self.hub is not None:
             self.hub.leave(self)
-            await database_sync_to_async(services.connection_close)(
-                channel_name=self.channel_name
-            )
+        if self.row_open:
+            try:
+                await database_sync_to_async(services.connection_close)(
+                    channel_name=self.channel_name
+                )
+            except DatabaseError:  # left until this process restarts and is swept
+                log.warning("could not remove a closed socket's row", exc_info=True)
 
     async def deliver(self, frame: str) -> None:
         """A broadcast frame from the hub; held back until `hello` has gone out."""
@@ -224,10 +241,10 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 def _identify(scope: dict):
     """Canvas, player and cooldown for a new socket (runs in a worker thread)."""
     canvas = selectors.canvas_get(slug=scope["url_route"]["kwargs"]["slug"])
-    session_key = scope.get("session_key")
-    player = services.player_identify(
-        user=selectors.session_user(session_key), session_key=session_key
-    )
+    user, session_key = selectors.session_identity(scope.get("session_key"))
+    # Only a live session counts from here on (an expired one is no session).
+    scope["session_key"] = session_key
+    player = services.player_identify(user=user, session_key=session_key)
     player_id = player.pk if player else None
     remaining = selectors.cooldown_remaining(canvas=canvas, player_id=player_id)
     return canvas, player_id, (player.name if player else None), remaining

@@ -19,17 +19,19 @@ from .models import CHUNK_SIZE, Canvas, Chunk, Connection, Cooldown, Placement
 from .protocol import Update
 
 
-def session_user(session_key: str | None):
-    """The user logged in on that session, or None.
+def session_identity(session_key: str | None) -> tuple[object | None, str | None]:
+    """The user logged in on that session (or None), and the key if it is live.
 
-    Django's own check (auth.get_user), so a session whose password hash is
-    stale, or that never existed, gives nobody, exactly as on the HTTP side.
+    Django's own checks: auth.get_user (a stale password hash or an inactive
+    user gives nobody) and the session store's load, which treats an expired
+    or unknown session as none at all, exactly as on the HTTP side.
     """
     if not session_key:
-        return None
+        return None, None
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     user = auth.get_user(SimpleNamespace(session=store))
-    return user if user.is_authenticated else None
+    live_key = store.session_key  # None once load() found it missing or expired
+    return (user if user.is_authenticated else None), live_key
 
 
 @dataclass(frozen=True)
@@ -181,9 +183,23 @@ def board_snapshot(*, canvas: Canvas) -> Snapshot:
 
 
 def _snapshot_read(canvas_id: int) -> Snapshot:
-    """Version and chunks from one consistent state of the database."""
+    """Version and chunks from one consistent state of the database.
+
+    On PostgreSQL a REPEATABLE READ transaction gives one snapshot for both
+    reads without blocking writers: a writer bumps the seq and its chunks in one
+    transaction, so the snapshot holds all of it or none. (Holding the canvas
+    row FOR SHARE instead stalled placement commits behind every cold read.)
+    Only an outermost transaction can choose its isolation; nested in another
+    (tests), the row lock keeps it exact. SQLite's IMMEDIATE transactions are
+    already serialised with writers.
+    """
+    outermost = not connection.in_atomic_block
     with transaction.atomic():
-        version = _board_version(canvas_id, lock=True)
+        snapshot = outermost and connection.vendor == "postgresql"
+        if snapshot:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        version = _board_version(canvas_id, lock=not snapshot)
         rows = list(
             Chunk.objects.filter(canvas_id=canvas_id).values_list("cx", "cy", "data")
         )

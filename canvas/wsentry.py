@@ -30,8 +30,9 @@ def request_parts(headers) -> tuple[ParseResult | None, str | None]:
                 origin = None
         elif name == b"cookie":
             # Django's lenient parser, as channels' CookieMiddleware uses.
+            # The first header naming the session wins, as in channels.
             cookies = parse_cookie(value.decode("latin1"))
-            session_key = cookies.get(settings.SESSION_COOKIE_NAME, session_key)
+            session_key = session_key or cookies.get(settings.SESSION_COOKIE_NAME)
     return origin, session_key
 
 
@@ -45,7 +46,10 @@ class WebSocketEntry:
 
     async def __call__(self, scope, receive, send) -> None:
         origin, session_key = request_parts(scope.get("headers", ()))
-        route = ROUTE.fullmatch(scope.get("path", ""))
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # daphne --root-path, as URLRouter did
+            path = path[len(root) :]
+        route = ROUTE.fullmatch(path)
         if route is None or not self.origins.valid_origin(origin):
             await WebsocketDenier()(scope, receive, send)
             return

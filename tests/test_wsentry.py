@@ -78,3 +78,41 @@ async def test_made_up_session_cookie_only_watches(canvas):
     )
     assert hello["user"] is None and hello["can_place"] is False
     await client.disconnect()
+
+
+def test_request_parts_takes_the_first_session_cookie():
+    _, key = request_parts(
+        [(b"cookie", b"sessionid=firstkey123"), (b"cookie", b"sessionid=bogus456")]
+    )
+    assert key == "firstkey123"
+
+
+async def test_expired_session_only_watches_even_with_anonymous_play(
+    canvas, anonymous_play
+):
+    from datetime import timedelta
+
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from .conftest import session_key_create
+
+    key = await adb(session_key_create)(seen=True)
+    expire = Session.objects.filter(session_key=key).update
+    await adb(expire)(expire_date=timezone.now() - timedelta(days=1))
+    client, hello = await connect("test", session_key=key)
+    assert hello["user"] is None and hello["can_place"] is False
+    await client.disconnect()
+
+
+async def test_a_root_path_prefix_is_understood(canvas):
+    """daphne --root-path /place: paths arrive with the prefix, as URLRouter knew."""
+    from placeproject.asgi import application
+
+    client = PeerCommunicator(
+        application, "/place/ws/canvases/test/", [ORIGIN], ("127.0.0.1", 50000)
+    )
+    client.scope["root_path"] = "/place"
+    connected, _ = await client.connect(timeout=5)
+    assert connected
+    await client.disconnect()
