@@ -211,9 +211,6 @@ if DJANGO_HTTPS:
     SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    # Believed only from PLACE_TRUSTED_PROXIES: canvas.middleware drops the
-    # header from anyone else before Django reads it.
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The game's own settings (docs/protocol.md lists them with their defaults).
 PLACE_REQUIRE_LOGIN = env_bool("PLACE_REQUIRE_LOGIN", True)
@@ -221,6 +218,11 @@ PLACE_MESSAGE_RATE = env_float("PLACE_MESSAGE_RATE", 20)
 PLACE_IP_LIMIT = env_int("PLACE_IP_LIMIT", 0)
 PLACE_MAX_CONNECTIONS_PER_IP = env_int("PLACE_MAX_CONNECTIONS_PER_IP", 50)
 PLACE_TRUSTED_PROXIES = env_list("PLACE_TRUSTED_PROXIES", "")
+# Behind a trusted proxy, its X-Forwarded-Proto says whether the browser used
+# HTTPS (CSRF's origin check needs that, DJANGO_HTTPS or not). Believed only
+# from PLACE_TRUSTED_PROXIES: canvas.middleware drops it from anyone else.
+if PLACE_TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Seconds an account (or anonymous session) must exist before it may place.
 PLACE_MIN_ACCOUNT_AGE = env_int("PLACE_MIN_ACCOUNT_AGE", 0)
 # Sign-up and log-in attempts per IP address (per window below).

@@ -84,3 +84,18 @@ def test_forwarded_proto_is_believed_only_from_trusted_proxies(
     assert response.status_code == expected
     if expected == 301:
         assert response["Location"].startswith("https://")
+
+
+def test_behind_a_trusted_proxy_its_https_header_counts_without_django_https():
+    """Deployments from before DJANGO_HTTPS (debug off, a proxy) keep CSRF working."""
+    result = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.SECURE_PROXY_SSL_HEADER)",
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        PLACE_TRUSTED_PROXIES="127.0.0.1",
+    )
+    assert result.stdout.strip().splitlines()[-1] == (
+        "('HTTP_X_FORWARDED_PROTO', 'https')"
+    ), result.stderr
