@@ -238,6 +238,24 @@ def test_a_click_places_and_another_player_sees_it_drawn(stack, open_page):
     assert board_bytes(url, "t")[12 * 64 + 10] == 5
 
 
+def test_a_resize_keeping_the_area_redraws_the_board_in_its_new_shape(stack, open_page):
+    """40x20 becomes 20x40 (same byte count) while the page is open."""
+    url = stack.servers[0].url
+    stack.manage(
+        "createcanvas", "shape", "--width", "40", "--height", "20", "--cooldown", "0"
+    )
+    place_offline(stack, "shape", [(2, 1, 5), (30, 3, 9)])
+    colours = palette(url, "shape")
+    page = open_page(f"{url}/c/shape/?x=10&y=10&z=8")
+    wait_colours(page, {(2, 1): colours[5], (30, 3): colours[9]})
+    stack.manage("createcanvas", "shape", "--width", "20", "--height", "40")
+    # A pixel that exists only in the new shape; it reaches the page as a live
+    # update, drawn only if the page took the new shape.
+    place_offline(stack, "shape", [(5, 30, 9)])
+    wait_colours(page, {(2, 1): colours[5], (5, 30): colours[9]})
+    assert board_bytes(url, "shape")[1 * 20 + 2] == 5
+
+
 def test_cooldown_counts_down_on_the_page_and_in_the_title(stack, open_page):
     page = open_page(f"{stack.servers[0].url}/c/t/?x=32&y=32&z=8")
     cooldown = page.locator('[data-role="cooldown"]')

@@ -244,10 +244,16 @@
   let appliedSeq = -1; // seq the drawn board is at; -1 until a snapshot is in
   let buffer = [];     // updates received while a snapshot loads
   let loading = false;
+  let reloadAfter = false; // a fetch was asked for while one was in flight
   let etag = null;
 
-  async function loadBoard() {
-    if (loading) return;
+  async function loadBoard(again) {
+    if (loading) {
+      // The fetch in flight may predate what asked for this one (a resize
+      // moves no seq, so nothing else would ask again): repeat it after.
+      if (again) reloadAfter = true;
+      return;
+    }
     loading = true;
     try {
       const headers = etag && appliedSeq >= 0 ? { 'If-None-Match': etag } : {};
@@ -276,6 +282,12 @@
       return;
     }
     loading = false;
+    if (reloadAfter) {
+      reloadAfter = false;
+      etag = null;
+      loadBoard();
+      return;
+    }
     const pending = buffer;
     buffer = [];
     applyUpdates(pending);
@@ -436,9 +448,12 @@
       case 'canvas':
         if (msg.open === false) showMessage('The canvas is paused by the moderators.', 'info');
         if (msg.width !== undefined && (msg.width !== width || msg.height !== height)) {
-          // Resized: the board we hold is the wrong shape. Fetch it whole.
+          // Resized: take the new shape now (a same-area resize has the same
+          // byte count, so the fetch alone would not notice), then fetch it whole.
+          resizeBoard(msg.width, msg.height);
+          clampCam();
           etag = null;
-          loadBoard();
+          loadBoard(true);
         }
         break;
       default:
