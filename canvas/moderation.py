@@ -191,6 +191,8 @@ def _pixels_shown(
 ) -> tuple[int, list[tuple[int, int, int]]]:
     """(x, y, colour) of each pixel's newest placement not rolled back, or 0.
 
+    0 too where a resize wiped that placement's pixel after it (Canvas.shrinks):
+    the pixel was cleared, and rolling back later work must not bring it back.
     One query per slice of pixels, each an index probe on (canvas, x, y, seq).
     Also returns a canvas seq up to which the read saw every change: each
     statement reads the canvas seq in its own snapshot, and changes commit in
@@ -202,6 +204,7 @@ def _pixels_shown(
     canvases = quote(Canvas._meta.db_table)
     postgres = connection.vendor == "postgresql"
     size = 50000 if postgres else 2000
+    canvas = Canvas.objects.only("shrinks").get(pk=canvas_id)
     seen, shown = None, []
     with connection.cursor() as cursor:
         for start in range(0, len(pixels), size):
@@ -215,14 +218,19 @@ def _pixels_shown(
             cursor.execute(
                 f"WITH u(x, y) AS ({source}) "
                 f"SELECT (SELECT seq FROM {canvases} WHERE id = %s), u.x, u.y,"
-                f" COALESCE((SELECT p.color FROM {table} p"
+                # seq and colour of that placement in one probe: seq * 256 +
+                # colour (colours are board bytes, below 256).
+                f" COALESCE((SELECT p.seq * 256 + p.color FROM {table} p"
                 "  WHERE p.canvas_id = %s AND p.x = u.x AND p.y = u.y"
                 "  AND p.kind = %s AND p.rolled_back = %s"
                 "  ORDER BY p.seq DESC LIMIT 1), 0) FROM u",
                 [*params, canvas_id, canvas_id, Placement.KIND_PLACE, False],
             )
-            for seq, x, y, color in cursor.fetchall():
+            for seq, x, y, packed in cursor.fetchall():
                 seen = seq if seen is None else min(seen, seq)
+                placed_seq, color = divmod(packed, 256)
+                if color and canvas.cleared_since(x=x, y=y, seq=placed_seq):
+                    color = 0
                 shown.append((x, y, color))
     return seen or 0, shown
 

@@ -128,6 +128,26 @@ def test_rollback_after_a_shrink_changes_no_pixel_outside_the_canvas(
     assert pixel(canvas, 2, 2) == 0
 
 
+def test_rollback_after_shrink_and_grow_does_not_bring_back_wiped_pixels(
+    make_canvas, players, run
+):
+    canvas = make_canvas(width=32, height=16, cooldown=0)
+    alice, bob, _ = players
+    place(run, canvas, bob, 30, 10, 3)
+    place(run, canvas, alice, 30, 10, 5)
+    services.canvas_create_or_update(slug=canvas.slug, width=20)
+    services.canvas_create_or_update(slug=canvas.slug, width=32)
+    assert pixel(canvas, 30, 10) == 0
+    action = rollback(run, canvas, Scope(player_ids=(alice.pk,)))
+    # Bob's pixel was wiped by the shrink: it stays blank, as the pixel
+    # inspector says.
+    assert pixel(canvas, 30, 10) == 0
+    assert (action.placements_count, action.pixels_count) == (1, 0)
+    canvas.refresh_from_db()
+    info = selectors.pixel_info(canvas=canvas, x=30, y=10)
+    assert (info.color, info.placed_by) == (0, None)
+
+
 def test_each_changed_pixel_gets_a_moderation_seq_and_is_broadcast(
     make_canvas, players, run, stream
 ):
