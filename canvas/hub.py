@@ -321,13 +321,6 @@ def _daphne_socket(listener: Listener) -> WebSocketProtocol | None:
     the per-socket framing. Anything else (tests' communicators) uses deliver().
     """
     send = getattr(listener, "base_send", None)
-    # Channels' session middleware wraps send (to save sessions on accept and
-    # HTTP responses, not on frames); look through such wrappers.
-    for _ in range(5):
-        inner = getattr(getattr(send, "__self__", None), "real_send", None)
-        if inner is None:
-            break
-        send = inner
     if isinstance(send, functools.partial) and send.args:
         wire = send.args[0]
         if isinstance(wire, WebSocketProtocol):

@@ -59,10 +59,6 @@ def canvas_get(*, slug: str) -> Canvas:
     return canvas
 
 
-def canvas_by_id(*, canvas_id: int) -> Canvas:
-    return Canvas.objects.get(pk=canvas_id)
-
-
 def canvas_seq(*, canvas_id: int) -> int:
     return Canvas.objects.filter(pk=canvas_id).values_list("seq", flat=True).get()
 
