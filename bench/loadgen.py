@@ -1,10 +1,13 @@
-"""The load generator: worker processes, each one asyncio loop with many sockets.
+"""The load generator: worker processes, each one event loop with many sockets.
 
-A lean WebSocket client on asyncio.Protocol (no per-message library overhead):
-watchers check every `pixels` frame for gaps with byte searches, and one in
-`sample` also decodes it to time each change from its scheduled placement.
-Each worker reports its own CPU time, so the report shows whether the load
-generator, not the server, was the limit.
+A job with "engine": "c" runs bench/wsload.c, a single-threaded epoll client in
+C, as the worker's child (`build_wsload` compiles it); otherwise the worker is
+the asyncio client below, the reference the C engine follows: a lean WebSocket
+client on asyncio.Protocol (no per-message library overhead). Watchers check
+every `pixels` frame for gaps with byte searches, and one in `sample` also
+decodes it to time each change from its scheduled placement. Each worker
+reports its own CPU time, so the report shows whether the load generator, not
+the server, was the limit.
 """
 
 import asyncio
@@ -13,12 +16,17 @@ import json
 import os
 import random
 import resource
+import shutil
 import socket
 import struct
+import subprocess
 import time
+from pathlib import Path
 
 PIXELS = b'{"type":"pixels"'
 HELLO = b'{"type":"hello"'
+SOURCE = Path(__file__).resolve().parent / "wsload.c"
+WSLOAD = Path(__file__).resolve().parent / ".build" / "wsload"  # git-ignored
 
 
 def cpu_seconds() -> float:
@@ -204,10 +212,76 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def compiler() -> str | None:
+    """The C compiler to build bench/wsload.c with ($CC or cc), if there is one."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def build_wsload() -> Path:
+    """Compile bench/wsload.c into bench/.build/wsload unless it is up to date."""
+    if WSLOAD.exists() and WSLOAD.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return WSLOAD
+    WSLOAD.parent.mkdir(exist_ok=True)
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc or $CC) to build bench/wsload.c")
+    subprocess.run([cc, "-O2", "-o", str(WSLOAD), str(SOURCE)], check=True)
+    return WSLOAD
+
+
 def run_worker(job: dict, ready, go, results) -> None:
     """Entry point of a worker process: `job` says which role and how much."""
     raise_fd_limit()
+    if job.get("engine") == "c":
+        results.put(_c_worker(job, ready, go))
+        return
     results.put(asyncio.run(_worker(job, ready, go)))
+
+
+def _c_worker(job: dict, ready, go) -> dict:
+    """The same worker, its sockets driven by bench/wsload.c in a child process.
+
+    The job goes in as flags and the cookies one a line on stdin; the child
+    answers `READY <sockets> <failures>` once every socket has been tried, gets
+    `GO <t0>` and ends with its report, one JSON line with the keys `_worker`
+    returns. This thin parent's own CPU from go to the end is added to it.
+    """
+    role = job["role"]
+    cookies = job.get("cookies") or []
+    argv = [str(WSLOAD), "--role", role, "--host", job["host"]]
+    argv += ["--port", str(job["port"]), "--path", job["path"]]
+    if role == "watch":
+        argv += ["--count", str(job["count"]), "--sample", str(job.get("sample", 0))]
+        argv += ["--rate", repr(float(job.get("rate") or 1))]
+        argv += ["--width", str(job.get("width", 1000))]
+        argv += ["--drain", repr(float(job["drain"]))]
+    else:
+        argv += ["--cookies", str(len(cookies)), "--width", str(job["width"])]
+        argv += ["--height", str(job["height"])]
+        if role == "place":
+            argv += ["--rate", repr(float(job["rate"])), "--stride", str(job["stride"])]
+            argv += ["--offset", str(job["offset"])]
+    argv += ["--seconds", repr(float(job["seconds"]))]
+    child = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    child.stdin.write("".join(f"{cookie}\n" for cookie in cookies))
+    child.stdin.flush()
+    line = child.stdout.readline().split()
+    if len(line) != 3 or line[0] != "READY":
+        child.kill()
+        raise RuntimeError(f"wsload did not open its sockets (exit {child.wait()})")
+    ready.put((role, int(line[1]), int(line[2])))
+    t0 = go.get()
+    cpu_start = cpu_seconds()
+    child.stdin.write(f"GO {t0!r}\n")
+    child.stdin.close()
+    out = child.stdout.read()
+    if child.wait() != 0 or not out.strip():
+        raise RuntimeError(f"wsload failed (exit {child.returncode})")
+    report = json.loads(out.strip().splitlines()[-1])
+    report["cpu"] += cpu_seconds() - cpu_start
+    return report
 
 
 async def _worker(job: dict, ready, go) -> dict:

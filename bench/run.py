@@ -10,6 +10,13 @@ Scenarios (default: all four, each beside the naive design of bench/naive.py):
 Everything runs against 127.0.0.1 on fresh databases (PostgreSQL databases are
 created and dropped; Redis DB 8 is flushed), stops by itself, prints its figures
 and appends them to bench/RESULTS.md under the scenario's heading.
+
+The load generator's sockets are driven by bench/wsload.c, a single-threaded
+epoll WebSocket client in C compiled once into bench/.build/ (`--engine c`, the
+default when a C compiler is there): it takes about half the CPU of the asyncio
+client, most of what is left being the kernel's TCP work. `--engine python` runs
+the asyncio client of bench/loadgen.py instead, the reference with the same
+semantics. Every report gives the load generator's own CPU (`loadgen_cpu_cores`).
 """
 
 import argparse
@@ -239,6 +246,7 @@ def fanout(args, design: str) -> dict:
                     "width": 1000,
                     "seconds": args.seconds,
                     "drain": 3.0,
+                    "engine": args.engine,
                 }
             )
         for i, chunk in enumerate(split(len(cookies), len(ports))):
@@ -256,6 +264,7 @@ def fanout(args, design: str) -> dict:
                     "seconds": args.seconds,
                     "stride": len(ports),
                     "offset": i,
+                    "engine": args.engine,
                 }
             )
         pids = [s.process.pid for s in stack.servers]
@@ -332,6 +341,7 @@ def ingest(args, design: str, database: str) -> dict:
                     "width": 1000,
                     "height": 1000,
                     "seconds": args.seconds,
+                    "engine": args.engine,
                 }
             )
         pids = [s.process.pid for s in stack.servers]
@@ -424,6 +434,7 @@ def idle(args, design: str) -> dict:
                 "count": count,
                 "seconds": args.seconds,
                 "drain": 0.0,
+                "engine": args.engine,
             }
             for i, count in enumerate(split(args.connections, args.procs))
         ]
@@ -551,9 +562,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,2000")
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument(
+        "--engine",
+        choices=["c", "python"],
+        default=None,
+        help="the load generator: bench/wsload.c (default with a C compiler) "
+        "or the asyncio reference in bench/loadgen.py",
+    )
     args = parser.parse_args()
     loadgen.raise_fd_limit()
-    command = "bench/run.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if args.engine is None:
+        args.engine = "c" if loadgen.compiler() else "python"
+        if args.engine == "python":
+            print("no C compiler (cc or $CC): the load generator runs in Python")
+        argv.append(f"--engine {args.engine}")
+    if args.engine == "c":
+        loadgen.build_wsload()  # once, before the workers fork
+    command = "bench/run.py " + " ".join(argv)
     scenarios = (
         ["snapshot", "ingest", "fanout", "idle"]
         if args.scenario == "all"
