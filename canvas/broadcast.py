@@ -1,9 +1,11 @@
 """Hands committed changes to the channel layer; owns group names and layer messages.
 
 Services call `publish_on_commit` inside their transaction. Inside a server
-process the changes go to an outbox that one task drains every few milliseconds
-with a single `group_send` per canvas to the canvas's group, whose members are
-the per-process hubs (canvas/hub.py), not individual sockets. Outside a server
+process the changes go to an outbox that one task drains with a single
+`group_send` per canvas to the canvas's group, whose members are the
+per-process hubs (canvas/hub.py), not individual sockets: at once when the
+outbox was quiet, at most once per PUBLISH_TICK while changes keep coming, and
+not at all (no wake-ups) while nothing is placed. Outside a server
 (management commands) the send happens at once.
 """
 
@@ -37,10 +39,12 @@ class _Outbox:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, list[Update]] = {}
         self.task: asyncio.Task | None = None
+        self.wake = asyncio.Event()
         self.lock = threading.Lock()
 
     def add(self, canvas_id: int, updates: list[Update]) -> None:
         self.pending.setdefault(canvas_id, []).extend(updates)
+        self.wake.set()
 
     def running_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = self.loop
@@ -107,12 +111,23 @@ def outbox_start() -> None:
         return
     _outbox.loop = loop
     _outbox.pending = {}
+    _outbox.wake = asyncio.Event()
     _outbox.task = loop.create_task(_drain_forever())
 
 
 async def _drain_forever() -> None:
+    loop = asyncio.get_running_loop()
+    next_at = 0.0
     while True:
-        await asyncio.sleep(PUBLISH_TICK)
+        # Sleep until something commits: an idle server costs no wake-ups. Then
+        # keep publishes PUBLISH_TICK apart, so a busy process sends one message
+        # per tick and a lone placement goes out at once.
+        await _outbox.wake.wait()
+        _outbox.wake.clear()
+        wait = next_at - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        next_at = loop.time() + PUBLISH_TICK
         if not _outbox.pending:
             continue
         batches, _outbox.pending = _outbox.pending, {}

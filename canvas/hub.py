@@ -48,6 +48,7 @@ class Hub:
         self.watch_target: int | None = None
         self.tasks: list[asyncio.Task] = []
         self.tick_seconds = settings.PLACE_BROADCAST_TICK
+        self.wake = asyncio.Event()  # set when changes arrive for the tick loop
         self.last_tick_ms = 0.0
         self.wires: dict[Listener, WebSocketProtocol | None] = {}
         self.oldest_pending: float | None = None
@@ -142,9 +143,13 @@ class Hub:
     def accept(self, updates: list, sent_at: float | None = None) -> None:
         if updates and self.oldest_pending is None:
             self.oldest_pending = sent_at or time.time()
+        added = False
         for seq, x, y, color in updates:
             if seq > self.last_seq:
                 self.pending[seq] = (seq, x, y, color)
+                added = True
+        if added:
+            self.wake.set()
 
     def take_ready(self) -> list[Update]:
         """Pop the run of pending changes that follows last_seq without a gap."""
@@ -155,13 +160,19 @@ class Hub:
         return ready
 
     async def _tick_forever(self) -> None:
-        started = time.perf_counter()
+        next_at = 0.0
         while True:
-            # Fixed rate: the time a tick spends writing comes out of the wait,
-            # so a busy hub still sends ~1/tick_seconds frames a second.
-            wait = started + self.tick_seconds - time.perf_counter()
-            await asyncio.sleep(max(wait, 0.005))
+            # Sleep until changes arrive: an idle canvas costs no wake-ups. Then
+            # keep flushes tick_seconds apart, counted from each flush's start
+            # (a busy hub still sends ~1/tick_seconds frames a second), so a lone
+            # placement goes out at once and a busy canvas once per tick.
+            await self.wake.wait()
+            self.wake.clear()
+            wait = next_at - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
             started = time.perf_counter()
+            next_at = started + self.tick_seconds
             try:
                 await self.flush()
             except asyncio.CancelledError:

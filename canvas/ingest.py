@@ -305,9 +305,10 @@ class Batcher:
             try:
                 item = self.inbox.get(timeout=settings.PLACE_INGEST_IDLE_CLOSE)
             except queue.Empty:
-                # Idle: give the connection back (tests drop their database).
+                # Idle: give the connection back (tests drop their database)
+                # and sleep until the next placement, not in 50 ms polls.
                 connection.close()
-                continue
+                item = self.inbox.get()
             items = [item]
             self._collect(items)
             self._commit(items)
