@@ -147,7 +147,7 @@ def start_server(stack, app: str):
         "import resource,sys;"
         "h=resource.getrlimit(resource.RLIMIT_NOFILE)[1];"
         "resource.setrlimit(resource.RLIMIT_NOFILE,(h,h));"
-        "from daphne.cli import CommandLineInterface as C;"
+        "from placeproject.server import PlaceCommandLine as C;"
         f"C().run(['-b','127.0.0.1','-p','{port}',"
         "'--websocket_connect_timeout','120',"
         + "".join(f"'{flag}'," for flag in DAPHNE_FLAGS)
@@ -269,6 +269,7 @@ def fanout(args, design: str) -> dict:
             )
         pids = [s.process.pid for s in stack.servers]
         opened, reports, usage = run_workers(jobs, meter_pids=pids)
+        inside = hub_figures(stack) if design == "hub" else {}
     finally:
         stack.stop()
     watch = [r for r in reports if r["role"] == "watch"]
@@ -304,6 +305,7 @@ def fanout(args, design: str) -> dict:
         "seq_gaps": sum(r["gaps"] for r in watch),
         "seq_repeats": sum(r["repeats"] for r in watch),
         "closed_by_server": sum(r["closed_by_server"] for r in watch),
+        **inside,
         **_usage(usage, reports),
     }
 
@@ -369,8 +371,8 @@ def ingest(args, design: str, database: str) -> dict:
     }
 
 
-def batch_figures(stack) -> dict:
-    """Mean group-commit batch size and time, from every server's /metrics."""
+def metric_sums(stack) -> dict[str, float]:
+    """Every histogram's _sum and _count, added up over the servers' /metrics."""
     import urllib.request
 
     sums: dict[str, float] = {}
@@ -378,10 +380,29 @@ def batch_figures(stack) -> dict:
         with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
             for line in response.read().decode().splitlines():
                 name, _, value = line.partition(" ")
-                if name.startswith("place_ingest_batch_") and name.endswith(
-                    ("_sum", "_count")
-                ):
+                if name.startswith("place_") and name.endswith(("_sum", "_count")):
                     sums[name] = sums.get(name, 0.0) + float(value)
+    return sums
+
+
+def hub_figures(stack) -> dict:
+    """The servers' own view of a fan-out run: where a change's time goes."""
+    sums = metric_sums(stack)
+
+    def mean_ms(name: str) -> float:
+        count = sums.get(f"{name}_count", 0) or 1
+        return round(sums.get(f"{name}_sum", 0) / count * 1000, 1)
+
+    return {
+        "commit_ms_mean": mean_ms("place_ingest_batch_seconds"),
+        "hub_lag_ms_mean": mean_ms("place_broadcast_lag_seconds"),
+        "tick_write_ms_mean": mean_ms("place_broadcast_tick_seconds"),
+    }
+
+
+def batch_figures(stack) -> dict:
+    """Mean group-commit batch size and time, from every server's /metrics."""
+    sums = metric_sums(stack)
     count = sums.get("place_ingest_batch_size_count", 0) or 1
     return {
         "batches": int(sums.get("place_ingest_batch_size_count", 0)),

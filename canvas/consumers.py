@@ -25,6 +25,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     # process's hub (canvas/hub.py). This keeps the layer's load per process, not
     # per socket, and a Redis outage cannot crash every open socket.
     channel_layer_alias = "no-layer-per-socket"
+    # Set by canvas/wsentry.py before the socket runs.
+    slug = ""
+    session_key: str | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         """AsyncConsumer.__call__ for a consumer without a layer channel.
@@ -74,7 +77,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             if not await database_sync_to_async(_connection_allowed)(self.ip):
                 await self.close(code=protocol.CLOSE_TOO_MANY)
                 return
-            identity = await database_sync_to_async(_identify)(self.scope)
+            identity = await database_sync_to_async(_identify)(
+                self.slug, self.session_key
+            )
         except exc.CanvasNotFound:
             # Accept first so the client sees the reason: a refused handshake
             # reaches a browser as a bare HTTP 403 with no close code.
@@ -85,10 +90,14 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             log.warning("database unavailable during connect")
             await self.close(code=1011)
             return
-        canvas, self.player_id, self.player_name, remaining = identity
-        # Everything the socket needs from its request headers is read: drop
-        # them rather than keep about a kilobyte per idle socket (the scope
-        # dict is the one daphne made; nothing else reads it afterwards).
+        canvas, self.session_key, self.player_id, self.player_name, remaining = identity
+        # Everything the socket needs from its request is read: drop it rather
+        # than keep about a kilobyte per idle socket. The list is emptied in
+        # place because daphne's protocol holds the same list; nothing reads
+        # either afterwards.
+        headers = self.scope.get("headers")
+        if isinstance(headers, list):
+            headers.clear()
         self.scope["headers"] = ()
         # Only the id stays: the hub sends later settings changes itself.
         self.canvas_id = canvas.pk
@@ -196,7 +205,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     async def place(self, request: protocol.PlaceRequest) -> None:
         if self.player_id is None:
             message = exc.MSG_LOGIN_REQUIRED
-            if not self.scope.get("session_key"):
+            if not self.session_key:
                 message = (
                     exc.MSG_NO_SESSION if not settings.PLACE_REQUIRE_LOGIN else message
                 )
@@ -238,16 +247,18 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         )
 
 
-def _identify(scope: dict):
-    """Canvas, player and cooldown for a new socket (runs in a worker thread)."""
-    canvas = selectors.canvas_get(slug=scope["url_route"]["kwargs"]["slug"])
-    user, session_key = selectors.session_identity(scope.get("session_key"))
-    # Only a live session counts from here on (an expired one is no session).
-    scope["session_key"] = session_key
+def _identify(slug: str, session_key: str | None):
+    """Canvas, live session, player and cooldown for a new socket (in a thread).
+
+    Only a live session counts from here on: an expired one is no session.
+    """
+    canvas = selectors.canvas_get(slug=slug)
+    user, session_key = selectors.session_identity(session_key)
     player = services.player_identify(user=user, session_key=session_key)
     player_id = player.pk if player else None
     remaining = selectors.cooldown_remaining(canvas=canvas, player_id=player_id)
-    return canvas, player_id, (player.name if player else None), remaining
+    name = player.name if player else None
+    return canvas, session_key, player_id, name, remaining
 
 
 def _connection_allowed(ip: str | None) -> bool:

@@ -53,6 +53,8 @@ class WebSocketEntry:
         if route is None or not self.origins.valid_origin(origin):
             await WebsocketDenier()(scope, receive, send)
             return
-        scope["url_route"] = {"args": (), "kwargs": {"slug": route["slug"]}}
-        scope["session_key"] = session_key
-        await self.consumer_class()(scope, receive, send)
+        consumer = self.consumer_class()
+        # Handed over beside the scope, not in it: two more keys would move
+        # daphne's scope dict into a table twice the size for the socket's life.
+        consumer.slug, consumer.session_key = route["slug"], session_key
+        await consumer(scope, receive, send)

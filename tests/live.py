@@ -44,6 +44,8 @@ class Stack:
     tmp: Path
     servers: list[Server] = field(default_factory=list)
     cleanups: list = field(default_factory=list)
+    # The production launcher (docs/deploy.md); "daphne" runs plain daphne.
+    server_module: str = "placeproject.server"
 
     def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -56,18 +58,19 @@ class Stack:
             timeout=120,
         )
 
-    def start_server(self, port: int | None = None) -> Server:
+    def start_server(self, port: int | None = None, *flags: str) -> Server:
         port = port or free_port()
         log = self.tmp / f"daphne-{port}-{len(self.servers)}.log"
         process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                self.server_module,
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(port),
+                *flags,
                 "placeproject.asgi:application",
             ],
             cwd=ROOT,
@@ -137,6 +140,7 @@ def make_stack(
     env: dict | None = None,
     redis_url: str | None = None,
     postgres_port: int | None = None,
+    server_module: str = "placeproject.server",
 ) -> Stack:
     """Migrate a fresh database and start `servers` daphne processes on it.
 
@@ -156,7 +160,7 @@ def make_stack(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    stack = Stack(env=base, tmp=tmp)
+    stack = Stack(env=base, tmp=tmp, server_module=server_module)
     try:
         if database == "postgres":
             svc.require_postgres()

@@ -33,7 +33,7 @@ def get_json(url: str):
 
 
 def test_migrate_creates_main_and_daphne_serves_everything(stack_factory):
-    stack = stack_factory()
+    stack = stack_factory(server_module="daphne")  # the contract's own command
     server = stack.servers[0]
     meta = get_json(server.url + "/api/canvases/main/")
     assert (meta["width"], meta["height"], meta["cooldown_seconds"]) == (
@@ -61,6 +61,17 @@ def test_migrate_creates_main_and_daphne_serves_everything(stack_factory):
     stack.manage("createcanvas", "mini", "--cooldown", "9")
     meta = get_json(server.url + "/api/canvases/mini/")
     assert (meta["width"], meta["cooldown_seconds"], meta["title"]) == (64, 9, "Mini")
+
+    async def place() -> tuple[dict, dict]:
+        cookie = anonymous_cookie(server.url)
+        async with (
+            Player(server.ws, "mini", cookie=cookie) as placer,
+            Player(server.ws, "mini") as watcher,
+        ):
+            return await placer.place(3, 4, 5), await watcher.next("pixels")
+
+    accepted, frame = asyncio.run(place())
+    assert accepted["type"] == "accepted" and frame["updates"] == [[1, 3, 4, 5]]
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])

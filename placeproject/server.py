@@ -1,0 +1,227 @@
+"""The production server: daphne, with per-socket upkeep paid per event, not per second.
+
+    python -m placeproject.server [daphne's flags] placeproject.asgi:application
+
+runs daphne's own command line with `PlaceServer`. Plain `daphne` serves the
+same application; this class only makes idle sockets cheaper (bench/RESULTS.md,
+idle), keeping daphne's rules and their timing:
+
+- Daphne looks at every connection every second (finished applications, closed
+  sockets) and again every two seconds (timeouts, keepalive pings). With 10,000
+  idle sockets those scans were most of an idle process's CPU. Here a
+  connection is looked at when something happened to it (its application
+  finished, it closed) or when its next timeout falls due (a heap by time).
+- Each connection's input queue is an `Inbox`, not an `asyncio.Queue` (four
+  deques: about 3 KB per idle socket).
+- An HTTP connection upgraded to a WebSocket leaves twisted's 12-hour request
+  timeout holding the spent request and its headers; it is cancelled. Once a
+  WebSocket is accepted, autobahn's copy of the handshake is dropped too.
+
+Written against daphne 4.2 (pinned in requirements.txt); tests/test_server.py
+checks each of daphne's rules still holds.
+"""
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+import weakref
+from collections import deque
+from functools import partial
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
+
+logger = logging.getLogger("daphne.server")
+
+# Daphne's own periods: reap finished applications every second, check
+# timeouts every two.
+REAP_SECONDS = 1.0
+TIMEOUT_SECONDS = 2.0
+
+
+class Inbox:
+    """One connection's incoming ASGI events: `asyncio.Queue`'s two used methods."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque | None = None  # only while events wait
+        self.waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: dict) -> None:
+        if self.items is None:
+            self.items = deque()
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> dict:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        item = self.items.popleft()
+        if not self.items:
+            self.items = None
+        return item
+
+
+class PlaceServer(Server):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections whose application finished or which closed: the only
+        # ones the once-a-second reaper has anything to do for.
+        self.attention: set = set()
+        # (when, n, weakref to protocol): each connection's next timeout check.
+        self.due: list = []
+        self.due_order = itertools.count()
+
+    # -- connections come and go
+
+    def protocol_connected(self, protocol) -> None:
+        super().protocol_connected(protocol)
+        self._check_later(protocol, time.time() + TIMEOUT_SECONDS)
+
+    def protocol_disconnected(self, protocol) -> None:
+        super().protocol_disconnected(protocol)
+        self.attention.add(protocol)
+        if getattr(protocol, "transport", True) is None:
+            # An HTTP request whose connection daphne handed to a WebSocket:
+            # its channel's idle timeout would keep it (and its headers) alive
+            # for 12 hours, then close the socket under the WebSocket.
+            channel = getattr(protocol, "channel", None)
+            if channel is not None:
+                channel.setTimeout(None)
+
+    def create_application(self, protocol, scope):
+        """Daphne's, with an Inbox and a note when the application ends."""
+        assert "application_instance" not in self.connections[protocol]
+        inbox = Inbox()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope,
+            receive=inbox.get,
+            send=partial(self.handle_reply, protocol),
+        )
+        if protocol not in self.connections:
+            return None
+        task = asyncio.ensure_future(application_instance)
+        task.add_done_callback(partial(_note_done, self.attention, protocol))
+        self.connections[protocol]["application_instance"] = task
+        return inbox
+
+    async def handle_reply(self, protocol, message: dict) -> None:
+        await super().handle_reply(protocol, message)
+        if (
+            message.get("type") == "websocket.accept"
+            and isinstance(protocol, WebSocketProtocol)
+            and protocol.state == protocol.STATE_OPEN
+        ):
+            # The handshake is done (twisted ran it within the accept): what
+            # only it needed would otherwise stay for the socket's whole life.
+            headers = getattr(protocol, "http_headers", None)
+            if isinstance(headers, dict):
+                headers.clear()  # the ConnectionRequest shares this dict
+            protocol.http_request_data = b""
+
+    # -- the two periodic jobs, now proportional to what happened
+
+    def application_checker(self) -> None:
+        for protocol in list(self.attention):
+            details = self.connections.get(protocol)
+            if details is not None:
+                self._reap(protocol, details)
+                details = self.connections.get(protocol)
+            if details is None or "disconnected" not in details:
+                # Gone, or open with its application reaped or still running
+                # (a finished application puts it back here).
+                self.attention.discard(protocol)
+        reactor.callLater(REAP_SECONDS, self.application_checker)
+
+    def timeout_checker(self) -> None:
+        now = time.time()
+        due = self.due
+        while due and due[0][0] <= now:
+            _, _, ref = heapq.heappop(due)
+            protocol = ref()
+            if protocol is None or protocol not in self.connections:
+                continue
+            protocol.check_timeouts()
+            if protocol in self.connections:
+                self._check_later(protocol, self._next_check(protocol, now))
+        reactor.callLater(TIMEOUT_SECONDS, self.timeout_checker)
+
+    def _check_later(self, protocol, when: float) -> None:
+        entry = (when, next(self.due_order), weakref.ref(protocol))
+        heapq.heappush(self.due, entry)
+
+    def _next_check(self, protocol, now: float) -> float:
+        """When check_timeouts could next do something for this connection."""
+        soonest = now + TIMEOUT_SECONDS
+        if isinstance(protocol, WebSocketProtocol) and protocol.state in (
+            protocol.STATE_OPEN,
+        ):
+            # Open WebSockets: only the keepalive ping and the maximum age
+            # apply. Anything else (handshakes, HTTP) keeps daphne's 2 s.
+            when = protocol.last_ping + self.ping_interval
+            if self.websocket_timeout >= 0:
+                when = min(when, protocol.socket_opened + self.websocket_timeout)
+            return max(when, soonest)
+        return soonest
+
+    def _reap(self, protocol, details: dict) -> None:
+        """Daphne 4.2's per-connection rules from `Server.application_checker`."""
+        disconnected = details.get("disconnected", None)
+        application_instance = details.get("application_instance", None)
+        # An application that outlives its socket by the close timeout is killed.
+        if disconnected and time.time() - disconnected > self.application_close_timeout:
+            if application_instance and not application_instance.done():
+                logger.warning(
+                    "Application instance %r for connection %s took too long to "
+                    "shut down and was killed.",
+                    application_instance,
+                    repr(protocol),
+                )
+                application_instance.cancel()
+        # A finished application is reaped; its exception, if any, logged.
+        if application_instance and application_instance.done():
+            try:
+                exception = application_instance.exception()
+            except asyncio.CancelledError:
+                pass
+            else:
+                if exception:
+                    if isinstance(exception, KeyboardInterrupt):
+                        self.stop()
+                    else:
+                        logger.error(
+                            "Exception inside application: %s",
+                            exception,
+                            exc_info=exception,
+                        )
+                        if not disconnected:
+                            protocol.handle_exception(exception)
+            del details["application_instance"]
+            application_instance = None
+        # Closed with no application left: forget the connection.
+        if not application_instance and disconnected:
+            del self.connections[protocol]
+
+
+def _note_done(attention: set, protocol, _task) -> None:
+    attention.add(protocol)
+
+
+class PlaceCommandLine(CommandLineInterface):
+    server_class = PlaceServer
+
+
+if __name__ == "__main__":
+    PlaceCommandLine.entrypoint()

@@ -1,0 +1,218 @@
+"""The production launcher (placeproject/server.py): daphne's rules, cheaper upkeep.
+
+The unit tests drive PlaceServer's two periodic jobs by hand with a stand-in
+reactor; the live ones run `python -m placeproject.server` and watch a socket.
+"""
+
+import asyncio
+import logging
+import struct
+
+import pytest
+from daphne.ws_protocol import WebSocketProtocol
+
+from placeproject import server as srv
+
+from .live import make_stack
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def callLater(self, delay, fn, *args):  # noqa: N802 (twisted's name)
+        self.calls.append((delay, fn))
+
+
+class Socket(WebSocketProtocol):
+    """An open WebSocket as daphne's protocol looks to the server's checks."""
+
+    def __init__(self, opened: float) -> None:
+        self.state = self.STATE_OPEN
+        self.client_addr, self.path = ["127.0.0.1", 5000], b"/ws/canvases/main/"
+        self.socket_opened = self.last_ping = opened
+        self.checks = 0
+        self.errors: list = []
+
+    def check_timeouts(self) -> None:
+        # As daphne's: a ping when one is due (timing comes from the patched clock).
+        self.checks += 1
+        now = srv.time.time()
+        if now - self.last_ping > 60:
+            self.last_ping = now
+
+    def handle_exception(self, exception) -> None:
+        self.errors.append(exception)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(srv, "reactor", Reactor())
+    now = [1000.0]
+    monkeypatch.setattr(srv.time, "time", lambda: now[0])
+    instance = srv.PlaceServer(
+        application=None, endpoints=["tcp:port=0"], ping_interval=60
+    )
+    instance.connections = {}
+    instance.now = now
+    return instance
+
+
+async def test_inbox_hands_events_over_in_order_and_keeps_nothing_when_empty():
+    inbox = srv.Inbox()
+    getter = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"n": 1})
+    inbox.put_nowait({"n": 2})
+    assert await getter == {"n": 1}
+    assert await inbox.get() == {"n": 2}
+    assert inbox.items is None and inbox.waiter is None
+
+
+def test_only_sockets_due_are_checked_and_each_at_its_ping_time(server):
+    sockets = [Socket(opened=1000.0) for _ in range(1000)]
+    for socket in sockets:
+        server.protocol_connected(socket)
+    server.now[0] = 1001.0
+    server.timeout_checker()
+    assert sum(s.checks for s in sockets) == 0  # nothing due in the first 2 s
+    server.now[0] = 1002.5
+    server.timeout_checker()
+    assert {s.checks for s in sockets} == {1}  # daphne's first look, 2 s in
+    server.now[0] = 1040.0
+    server.timeout_checker()
+    assert {s.checks for s in sockets} == {1}  # idle: nothing until a ping is due
+    sockets[0].last_ping = 1030.0  # it sent a message: its ping moves later
+    server.now[0] = 1061.0
+    server.timeout_checker()
+    assert sockets[0].checks == 2 and {s.checks for s in sockets[1:]} == {2}
+    server.now[0] = 1091.0
+    server.timeout_checker()
+    assert sockets[0].checks == 3 and {s.checks for s in sockets[1:]} == {2}
+
+
+async def test_a_finished_application_is_reaped_and_a_closed_socket_forgotten(
+    server,
+):
+    async def app(scope, receive, send):
+        await receive()
+
+    server.application = app
+    socket = Socket(opened=1000.0)
+    server.protocol_connected(socket)
+    inbox = server.create_application(socket, {"type": "websocket"})
+    server.application_checker()
+    assert "application_instance" in server.connections[socket]  # still running
+    assert not server.attention  # nothing to look at while it runs
+    inbox.put_nowait({"type": "websocket.connect"})
+    await asyncio.sleep(0.01)
+    server.application_checker()
+    assert "application_instance" not in server.connections[socket]
+    server.protocol_disconnected(socket)
+    server.application_checker()
+    assert socket not in server.connections and not server.attention
+
+
+async def test_an_application_that_outlives_its_socket_is_killed(server, caplog):
+    async def app(scope, receive, send):
+        await asyncio.sleep(3600)
+
+    server.application = app
+    server.application_close_timeout = 10
+    socket = Socket(opened=1000.0)
+    server.protocol_connected(socket)
+    server.create_application(socket, {"type": "websocket"})
+    task = server.connections[socket]["application_instance"]
+    server.protocol_disconnected(socket)
+    server.application_checker()
+    assert not task.done() and socket in server.attention
+    server.now[0] += 11
+    with caplog.at_level(logging.WARNING, logger="daphne.server"):
+        server.application_checker()
+    assert "took too long to shut down" in caplog.text
+    await asyncio.sleep(0)
+    assert task.cancelled()
+    server.application_checker()
+    assert socket not in server.connections
+
+
+async def test_an_application_error_is_logged_and_closes_its_socket(server, caplog):
+    async def app(scope, receive, send):
+        raise RuntimeError("boom")
+
+    server.application = app
+    socket = Socket(opened=1000.0)
+    server.protocol_connected(socket)
+    server.create_application(socket, {"type": "websocket"})
+    await asyncio.sleep(0.01)
+    with caplog.at_level(logging.ERROR, logger="daphne.server"):
+        server.application_checker()
+    assert "Exception inside application: boom" in caplog.text
+    assert [str(e) for e in socket.errors] == ["boom"]
+
+
+# -- the launcher, live
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while len(data) >= 2:
+        length, start = data[1] & 0x7F, 2
+        if length == 126:
+            length, start = struct.unpack("!H", data[2:4])[0], 4
+        frames.append((data[0] & 0x0F, data[start : start + length]))
+        data = data[start + length :]
+    return frames
+
+
+async def _raw_socket(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /ws/canvases/main/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Origin: http://127.0.0.1\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b" 101 " in head
+    return reader, writer
+
+
+async def _opcodes_for(reader: asyncio.StreamReader, seconds: float) -> list[int]:
+    data = b""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), left)
+        except (TimeoutError, ConnectionResetError):
+            break  # a client that never answers the close gets its socket reset
+        if not chunk:
+            break
+        data += chunk
+    return [opcode for opcode, _ in _frames(data)]
+
+
+@pytest.mark.live
+def test_the_launcher_pings_idle_sockets_and_closes_them_at_their_age_limit(
+    tmp_path,
+):
+    stack = make_stack(tmp_path, servers=0)
+    try:
+        server = stack.start_server(
+            None, "--ping-interval", "1", "--websocket_timeout", "6"
+        )
+
+        async def watch() -> list[int]:
+            reader, writer = await _raw_socket(server.port)
+            opcodes = await _opcodes_for(reader, 12)
+            writer.close()
+            return opcodes
+
+        opcodes = asyncio.run(watch())
+    finally:
+        stack.stop()
+    # hello (text), then keepalive pings, then the close at the age limit.
+    assert opcodes[0] == 0x1
+    assert opcodes.count(0x9) >= 2
+    assert opcodes[-1] == 0x8
