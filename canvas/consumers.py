@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from . import exceptions as exc
-from . import ingest, protocol, selectors, services
+from . import ingest, protocol, selectors, services, sockets
 from .clientip import scope_ip
 from .hub import SERVER_ID, registry
 from .ratelimit import FloodDetector, TokenBucket
@@ -28,6 +28,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     # Set by canvas/wsentry.py before the socket runs.
     slug = ""
     session_key: str | None = None
+    wire = None  # daphne's socket, once accepted
 
     async def __call__(self, scope, receive, send) -> None:
         """AsyncConsumer.__call__ for a consumer without a layer channel.
@@ -102,6 +103,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # Only the id stays: the hub sends later settings changes itself.
         self.canvas_id = canvas.pk
         await self.accept()
+        # From here on, text frames go straight to daphne's socket, as the
+        # hub's broadcasts do (canvas/sockets.py); None under other servers.
+        self.wire = sockets.daphne_socket(self)
         try:
             await database_sync_to_async(services.connection_open)(
                 channel_name=self.channel_name,
@@ -146,6 +150,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         """Send unless the socket is closing or gone: replies to frames still
         queued behind a close (a flood, say) are dropped, not tracebacks."""
         if self.closed:
+            return
+        if self.wire is not None and text_data is not None and not close:
+            sockets.send_text(self.wire, text_data)
             return
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)

@@ -7,7 +7,6 @@ carries one message per process per tick, not one per socket per pixel.
 """
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -20,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import broadcast, metrics, protocol, selectors, services
+from . import broadcast, metrics, protocol, selectors, services, sockets
 from .protocol import Update
 
 log = logging.getLogger("canvas.hub")
@@ -81,7 +80,7 @@ class Hub:
         if listener not in self.listeners:
             metrics.CONNECTIONS.inc()
         self.listeners.add(listener)
-        self.wires[listener] = _daphne_socket(listener)
+        self.wires[listener] = sockets.daphne_socket(listener)
         self.online_sent = None  # its hello's count may differ: resend next beat
         return self.last_seq
 
@@ -203,7 +202,7 @@ class Hub:
                     continue
                 if prepared is None:
                     prepared = PreparedMessage(frame.encode(), False, False, True)
-                if not _write(wire, prepared, limit):
+                if not sockets.write(wire, prepared, limit):
                     self._close_slow(listener, wire)
             except Exception:
                 log.debug("dropping a listener that failed to receive", exc_info=True)
@@ -217,7 +216,9 @@ class Hub:
         wire.sendClose(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and refetch")
         # The close frame queues behind the backlog; a client that reads nothing
         # never sees it, so drop the TCP connection if it lingers.
-        asyncio.get_running_loop().call_later(SLOW_ABORT_SECONDS, _abort_if_open, wire)
+        asyncio.get_running_loop().call_later(
+            SLOW_ABORT_SECONDS, sockets.abort_if_open, wire
+        )
 
     async def _watch_forever(self) -> None:
         """Refill from the database whatever has been missing for a whole period.
@@ -322,57 +323,6 @@ class Registry:
             if count != hub.online_sent:
                 hub.online_sent = count
                 await hub.send_all(protocol.online_frame(count))
-
-
-def _daphne_socket(listener: Listener) -> WebSocketProtocol | None:
-    """The autobahn protocol behind a consumer served by daphne, else None.
-
-    Daphne hands each application `send=partial(server.handle_reply, protocol)`;
-    writing a prepared frame straight to that protocol skips the ASGI hop and
-    the per-socket framing. Anything else (tests' communicators) uses deliver().
-    """
-    send = getattr(listener, "base_send", None)
-    if isinstance(send, functools.partial) and send.args:
-        wire = send.args[0]
-        if isinstance(wire, WebSocketProtocol):
-            return wire
-    return None
-
-
-def _write(wire: WebSocketProtocol, prepared: PreparedMessage, limit: int) -> bool:
-    """Queue the frame on the socket; False if its unsent bytes exceed `limit`."""
-    if wire.state != WebSocketProtocol.STATE_OPEN:
-        return True
-    transport = wire.transport
-    unsent = len(getattr(transport, "dataBuffer", b"")) - getattr(
-        transport, "offset", 0
-    )
-    unsent += getattr(transport, "_tempDataLen", 0)
-    if limit and unsent > limit:
-        return False
-    data = prepared.payloadHybi
-    if wire.send_queue:
-        wire.sendPreparedMessage(prepared)
-    elif unsent or getattr(transport, "socket", None) is None:
-        transport.write(data)
-    else:
-        # Nothing queued: try the kernel first. Most frames go out whole and
-        # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # the connection is going; twisted will notice
-            return True
-        if sent < len(data):
-            transport.write(data[sent:])
-    return True
-
-
-def _abort_if_open(wire: WebSocketProtocol) -> None:
-    transport = wire.transport
-    if transport is not None and wire.state != WebSocketProtocol.STATE_CLOSED:
-        transport.abortConnection()
 
 
 def sweep_dead_local_servers() -> None:

@@ -1,0 +1,66 @@
+"""Writing straight to daphne's sockets: one pre-framed message, no ASGI hop.
+
+Daphne hands each application `send=partial(server.handle_reply, protocol)`.
+The hub (every broadcast) and the consumer (its own replies) write text frames
+directly to that autobahn protocol: framed once by autobahn's PreparedMessage,
+then handed to the kernel, skipping the ASGI hop, per-socket framing and
+twisted's write scheduling (two epoll_ctl calls and a loop turn per frame).
+"""
+
+import functools
+
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+
+
+def daphne_socket(listener: object) -> WebSocketProtocol | None:
+    """The autobahn protocol behind a consumer served by daphne, else None.
+
+    Anything else (tests' communicators, another server) goes through ASGI.
+    """
+    send = getattr(listener, "base_send", None)
+    if isinstance(send, functools.partial) and send.args:
+        wire = send.args[0]
+        if isinstance(wire, WebSocketProtocol):
+            return wire
+    return None
+
+
+def write(wire: WebSocketProtocol, prepared: PreparedMessage, limit: int) -> bool:
+    """Queue the frame on the socket; False if its unsent bytes exceed `limit`."""
+    if wire.state != WebSocketProtocol.STATE_OPEN:
+        return True
+    transport = wire.transport
+    unsent = len(getattr(transport, "dataBuffer", b"")) - getattr(
+        transport, "offset", 0
+    )
+    unsent += getattr(transport, "_tempDataLen", 0)
+    if limit and unsent > limit:
+        return False
+    data = prepared.payloadHybi
+    if wire.send_queue:
+        wire.sendPreparedMessage(prepared)
+    elif unsent or getattr(transport, "socket", None) is None:
+        transport.write(data)
+    else:
+        # Nothing queued: try the kernel first. Most frames go out whole and
+        # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the connection is going; twisted will notice
+            return True
+        if sent < len(data):
+            transport.write(data[sent:])
+    return True
+
+
+def abort_if_open(wire: WebSocketProtocol) -> None:
+    transport = wire.transport
+    if transport is not None and wire.state != WebSocketProtocol.STATE_CLOSED:
+        transport.abortConnection()
+
+
+def send_text(wire: WebSocketProtocol, text: str) -> None:
+    """One text frame to one socket, in order with everything sent before it."""
+    write(wire, PreparedMessage(text.encode(), False, False, True), limit=0)

@@ -1,0 +1,40 @@
+"""Direct writes to daphne's sockets (canvas/sockets.py), as replies use them."""
+
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from canvas import sockets
+
+from .test_fanout import FakeSocket, Listener
+
+
+def test_a_reply_is_one_text_frame_handed_to_the_kernel():
+    listener = Listener()
+    listener.wire.transport.socket = FakeSocket(accepts=10_000)
+    wire = sockets.daphne_socket(listener)
+    assert wire is listener.wire
+    sockets.send_text(wire, '{"type":"accepted","seq":7}')
+    sent = listener.wire.transport.socket.sent
+    assert sent == [b"\x81\x1b" + b'{"type":"accepted","seq":7}']
+
+
+def test_a_reply_queues_behind_bytes_the_socket_has_not_taken_yet():
+    listener = Listener(unsent=100)  # an earlier frame still in twisted's buffer
+    listener.wire.transport.socket = FakeSocket(accepts=10_000)
+    sockets.send_text(listener.wire, "later")
+    assert listener.wire.transport.socket.sent == []
+    assert listener.wire.transport.written == [b"\x81\x05later"]
+
+
+def test_a_closing_socket_gets_nothing_and_others_fall_back_to_asgi():
+    listener = Listener()
+    listener.wire.transport.socket = FakeSocket(accepts=10_000)
+    listener.wire.state = WebSocketProtocol.STATE_CLOSING
+    sockets.send_text(listener.wire, "late")
+    assert listener.wire.transport.socket.sent == []
+    assert listener.wire.transport.written == []
+
+    class NotDaphne:
+        async def base_send(self, message):
+            pass
+
+    assert sockets.daphne_socket(NotDaphne()) is None
