@@ -2,10 +2,13 @@
 
 Scenarios (default: all four, each beside the naive design of bench/naive.py):
 
-  fanout    --watchers 5000 --rate 1000 --seconds 20 --servers 2   (PostgreSQL+Redis)
-  ingest    --players 400 --seconds 15 --databases sqlite,postgres
+  fanout    --watchers 5000 --rate 1000 --seconds 20 --servers 2 --placers 1000
+            (PostgreSQL+Redis)
+  ingest    --players 1500 --seconds 15 --databases sqlite,postgres
   snapshot  --sizes 1000,2000
-  idle      --connections 10000 --seconds 20
+  idle      --connections 10000 --seconds 120   (two keepalive-ping periods)
+
+--seconds defaults to each scenario's window above.
 
 Everything runs against 127.0.0.1 on fresh databases (PostgreSQL databases are
 created and dropped; Redis DB 8 is flushed), stops by itself, prints its figures
@@ -48,6 +51,8 @@ HEADINGS = {
 # ping a minute, not every 20 s (each ping and its pong cost the process about
 # 0.2 ms; at 20 s that alone was ~12 % of a core for 10,000 idle sockets).
 DAPHNE_FLAGS = ["--ping-interval", "60", "--ping-timeout", "30"]
+# Idle covers two keepalive-ping periods, so each socket's pings are inside it.
+DEFAULT_SECONDS = {"fanout": 20, "ingest": 15, "idle": 120}
 # `layers` is a fan-out detail: it records under the fan-out heading.
 APPS = {"hub": "placeproject.asgi:application", "naive": "bench.naive:application"}
 SERVER_ENV = {
@@ -572,12 +577,17 @@ def main() -> None:
     )
     parser.add_argument("--watchers", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=1000)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="measured window (default: fanout 20, ingest 15, idle 120)",
+    )
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--procs", type=int, default=4, help="load processes")
-    parser.add_argument("--placers", type=int, default=200)
+    parser.add_argument("--placers", type=int, default=1000)
     parser.add_argument("--sample", type=int, default=50, help="time 1 in N")
-    parser.add_argument("--players", type=int, default=400)
+    parser.add_argument("--players", type=int, default=1500)
     parser.add_argument("--ingest-procs", type=int, default=2)
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--sizes", default="1000,2000")
@@ -607,8 +617,10 @@ def main() -> None:
         else [args.scenario]
     )
     designs = ["hub"] if args.no_naive else ["hub", "naive"]
+    given_seconds = args.seconds
     for scenario in scenarios:
         LOAD_BEFORE = loadavg()
+        args.seconds = given_seconds or DEFAULT_SECONDS.get(scenario, 20)
         if scenario == "layers":
             record("fanout", command, table(layers()) + "\n")
         elif scenario == "snapshot":
