@@ -131,42 +131,40 @@ async def test_a_change_made_without_a_notice_still_reaches_sockets_once(
     await watcher.disconnect()
 
 
-async def test_a_lone_change_goes_out_at_once_and_a_burst_once_per_tick(make_canvas):
+@pytest.fixture
+async def ticking(make_canvas):
+    """A hub running its tick loop with one recording socket: (hub, recorder)."""
+    canvas = await adb(make_canvas)(slug="ticking")
+    hub = Hub(canvas.pk)
+    recorder = Recorder()
+    hub.join(recorder)
+    task = asyncio.create_task(hub._tick_forever())
+    yield hub, recorder
+    task.cancel()
+
+
+async def test_a_lone_change_goes_out_at_once_and_a_burst_once_per_tick(ticking):
     """Flushes are at least a tick apart, but a quiet hub does not wait for one."""
-    canvas = await adb(make_canvas)(slug="leading")
-    hub = Hub(canvas.pk)
+    hub, recorder = ticking
     hub.tick_seconds = 1.0
-    recorder = Recorder()
-    hub.join(recorder)
-    task = asyncio.create_task(hub._tick_forever())
-    try:
-        await asyncio.sleep(0.3)  # quiet for a while: no tick is due
-        hub.accept([[1, 0, 0, 1]])
-        await asyncio.sleep(0.2)
-        assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 1]]]
-        hub.accept([[2, 1, 0, 1]])
-        hub.accept([[3, 2, 0, 1]])
-        await asyncio.sleep(0.3)
-        assert len(recorder.frames) == 1  # within the tick: held back
-        await asyncio.sleep(0.8)
-        assert recorder.frames[1]["updates"] == [[2, 1, 0, 1], [3, 2, 0, 1]]
-    finally:
-        task.cancel()
+    await asyncio.sleep(0.3)  # quiet for a while: no tick is due
+    hub.accept([[1, 0, 0, 1]])
+    await asyncio.sleep(0.2)
+    assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 1]]]
+    hub.accept([[2, 1, 0, 1]])
+    hub.accept([[3, 2, 0, 1]])
+    await asyncio.sleep(0.3)
+    assert len(recorder.frames) == 1  # within the tick: held back
+    await asyncio.sleep(0.8)
+    assert recorder.frames[1]["updates"] == [[2, 1, 0, 1], [3, 2, 0, 1]]
 
 
-async def test_a_quiet_hub_sends_nothing(make_canvas):
-    canvas = await adb(make_canvas)(slug="still")
-    hub = Hub(canvas.pk)
+async def test_a_hub_with_nothing_ready_sends_nothing(ticking):
+    hub, recorder = ticking
     hub.tick_seconds = 0.05
-    recorder = Recorder()
-    hub.join(recorder)
-    task = asyncio.create_task(hub._tick_forever())
-    try:
-        hub.accept([[5, 0, 0, 1]])  # not next after seq 0: held for the gap check
-        await asyncio.sleep(0.3)
-        assert recorder.frames == []
-        hub.accept([[1, 0, 0, 2]])
-        await asyncio.sleep(0.2)
-        assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 2]]]
-    finally:
-        task.cancel()
+    hub.accept([[5, 0, 0, 1]])  # not next after seq 0: held for the gap check
+    await asyncio.sleep(0.3)
+    assert recorder.frames == []
+    hub.accept([[1, 0, 0, 2]])
+    await asyncio.sleep(0.2)
+    assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 2]]]
