@@ -79,7 +79,10 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 await self.close(code=protocol.CLOSE_TOO_MANY)
                 return
             identity = await database_sync_to_async(_identify)(
-                self.slug, self.session_key
+                # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
+                self.slug
+                or self.scope.get("url_route", {}).get("kwargs", {}).get("slug"),
+                self.session_key or self.scope.get("session_key"),
             )
         except exc.CanvasNotFound:
             # Accept first so the client sees the reason: a refused handshake

@@ -13,9 +13,10 @@ idle), keeping daphne's rules and their timing:
   finished, it closed) or when its next timeout falls due (a heap by time).
 - Each connection's input queue is an `Inbox`, not an `asyncio.Queue` (four
   deques: about 3 KB per idle socket).
-- An HTTP connection upgraded to a WebSocket leaves twisted's 12-hour request
-  timeout holding the spent request and its headers; it is cancelled. Once a
-  WebSocket is accepted, autobahn's copy of the handshake is dropped too.
+- An HTTP connection upgraded to a WebSocket leaves its spent request (headers,
+  session cookie) on twisted's channel for the socket's life; it is released.
+  Once a WebSocket is accepted, autobahn's copy of the handshake goes too.
+- One connection whose check raises no longer stops the checks of all others.
 
 Written against daphne 4.2 (pinned in requirements.txt); tests/test_server.py
 checks each of daphne's rules still holds.
@@ -46,31 +47,45 @@ TIMEOUT_SECONDS = 2.0
 class Inbox:
     """One connection's incoming ASGI events: `asyncio.Queue`'s two used methods."""
 
-    __slots__ = ("items", "waiter")
+    __slots__ = ("items", "waiters")
 
     def __init__(self) -> None:
         self.items: deque | None = None  # only while events wait
-        self.waiter: asyncio.Future | None = None
+        self.waiters: list[asyncio.Future] | None = None  # only while gets wait
 
     def put_nowait(self, item: dict) -> None:
         if self.items is None:
             self.items = deque()
         self.items.append(item)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_one()
 
     async def get(self) -> dict:
         while not self.items:
-            self.waiter = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            if self.waiters is None:
+                self.waiters = []
+            self.waiters.append(waiter)
             try:
-                await self.waiter
+                await waiter
+            except BaseException:
+                self._wake_one()  # a wake-up this get took goes to the next one
+                raise
             finally:
-                self.waiter = None
+                if self.waiters is not None and waiter in self.waiters:
+                    self.waiters.remove(waiter)
+                    if not self.waiters:
+                        self.waiters = None
         item = self.items.popleft()
         if not self.items:
             self.items = None
         return item
+
+    def _wake_one(self) -> None:
+        if self.items and self.waiters:
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
 
 
 class PlaceServer(Server):
@@ -93,12 +108,13 @@ class PlaceServer(Server):
         super().protocol_disconnected(protocol)
         self.attention.add(protocol)
         if getattr(protocol, "transport", True) is None:
-            # An HTTP request whose connection daphne handed to a WebSocket:
-            # its channel's idle timeout would keep it (and its headers) alive
-            # for 12 hours, then close the socket under the WebSocket.
-            channel = getattr(protocol, "channel", None)
-            if channel is not None:
-                channel.setTimeout(None)
+            # An HTTP request whose connection daphne handed to a WebSocket: its
+            # channel stays on the transport and would keep the spent request
+            # (headers, session cookie included) for the socket's whole life.
+            # The channel reads no more data, so nothing needs it there.
+            requests = getattr(getattr(protocol, "channel", None), "requests", None)
+            if requests is not None and protocol in requests:
+                requests.remove(protocol)
 
     def create_application(self, protocol, scope):
         """Daphne's, with an Inbox and a note when the application ends."""
@@ -134,29 +150,42 @@ class PlaceServer(Server):
     # -- the two periodic jobs, now proportional to what happened
 
     def application_checker(self) -> None:
-        for protocol in list(self.attention):
-            details = self.connections.get(protocol)
-            if details is not None:
-                self._reap(protocol, details)
+        # One connection's failure must not stop the checks of all the others
+        # (daphne's loop would stop for good), so each is guarded.
+        try:
+            for protocol in list(self.attention):
                 details = self.connections.get(protocol)
-            if details is None or "disconnected" not in details:
-                # Gone, or open with its application reaped or still running
-                # (a finished application puts it back here).
-                self.attention.discard(protocol)
-        reactor.callLater(REAP_SECONDS, self.application_checker)
+                if details is not None:
+                    try:
+                        self._reap(protocol, details)
+                    except Exception:
+                        logger.exception("reaping %r failed", protocol)
+                    details = self.connections.get(protocol)
+                if details is None or "disconnected" not in details:
+                    # Gone, or open with its application reaped or still
+                    # running (a finished application puts it back here).
+                    self.attention.discard(protocol)
+        finally:
+            reactor.callLater(REAP_SECONDS, self.application_checker)
 
     def timeout_checker(self) -> None:
-        now = time.time()
-        due = self.due
-        while due and due[0][0] <= now:
-            _, _, ref = heapq.heappop(due)
-            protocol = ref()
-            if protocol is None or protocol not in self.connections:
-                continue
-            protocol.check_timeouts()
-            if protocol in self.connections:
-                self._check_later(protocol, self._next_check(protocol, now))
-        reactor.callLater(TIMEOUT_SECONDS, self.timeout_checker)
+        try:
+            now = time.time()
+            due = self.due
+            while due and due[0][0] <= now:
+                _, _, ref = heapq.heappop(due)
+                protocol = ref()
+                if protocol is None or protocol not in self.connections:
+                    continue
+                try:
+                    protocol.check_timeouts()
+                except Exception:
+                    logger.exception("timeout check of %r failed", protocol)
+                finally:
+                    if protocol in self.connections:
+                        self._check_later(protocol, self._next_check(protocol, now))
+        finally:
+            reactor.callLater(TIMEOUT_SECONDS, self.timeout_checker)
 
     def _check_later(self, protocol, when: float) -> None:
         entry = (when, next(self.due_order), weakref.ref(protocol))

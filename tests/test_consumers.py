@@ -290,3 +290,22 @@ async def test_online_count_follows_hello(canvas):
     assert (await receive_type(second, "online"))["count"] == 2
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_the_consumer_also_runs_under_channels_url_router(canvas):
+    """Mounted the usual channels way, the slug comes from the URL route."""
+    from channels.routing import URLRouter
+    from channels.testing import WebsocketCommunicator
+    from django.urls import re_path
+
+    from canvas.consumers import CanvasConsumer
+
+    app = URLRouter(
+        [re_path(r"^ws/canvases/(?P<slug>[-\w]+)/$", CanvasConsumer.as_asgi())]
+    )
+    client = WebsocketCommunicator(app, "/ws/canvases/test/")
+    connected, _ = await client.connect(timeout=5)
+    assert connected
+    hello = json.loads(await client.receive_from(timeout=5))
+    assert hello["type"] == "hello" and hello["user"] is None
+    await client.disconnect()

@@ -66,7 +66,7 @@ async def test_inbox_hands_events_over_in_order_and_keeps_nothing_when_empty():
     inbox.put_nowait({"n": 2})
     assert await getter == {"n": 1}
     assert await inbox.get() == {"n": 2}
-    assert inbox.items is None and inbox.waiter is None
+    assert inbox.items is None and inbox.waiters is None
 
 
 def test_only_sockets_due_are_checked_and_each_at_its_ping_time(server):
@@ -216,3 +216,56 @@ def test_the_launcher_pings_idle_sockets_and_closes_them_at_their_age_limit(
     assert opcodes[0] == 0x1
     assert opcodes.count(0x9) >= 2
     assert opcodes[-1] == 0x8
+
+
+async def test_inbox_serves_two_waiting_gets_and_passes_on_a_cancelled_wake_up():
+    inbox = srv.Inbox()
+    first = asyncio.ensure_future(inbox.get())
+    second = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"n": 1})
+    inbox.put_nowait({"n": 2})
+    both = await asyncio.wait_for(asyncio.gather(first, second), 1)
+    assert sorted(x["n"] for x in both) == [1, 2]
+
+    woken = asyncio.ensure_future(inbox.get())
+    other = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"n": 3})  # wakes `woken`...
+    woken.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(other, 1) == {"n": 3}
+
+
+def test_a_check_that_raises_does_not_stop_the_others(server, caplog):
+    class Broken(Socket):
+        def check_timeouts(self) -> None:
+            raise RuntimeError("finish() on a lost connection")
+
+    broken, fine = Broken(opened=1000.0), Socket(opened=1000.0)
+    server.protocol_connected(broken)
+    server.protocol_connected(fine)
+    server.now[0] = 1003.0
+    with caplog.at_level(logging.ERROR, logger="daphne.server"):
+        server.timeout_checker()
+    assert fine.checks == 1 and "timeout check" in caplog.text
+    assert srv.reactor.calls[-1] == (srv.TIMEOUT_SECONDS, server.timeout_checker)
+    assert len(server.due) == 2  # both stay scheduled
+
+
+def test_an_upgraded_request_is_let_go_by_its_http_channel(server):
+    class Channel:
+        def __init__(self) -> None:
+            self.requests: list = []
+
+    class Upgraded:
+        transport = None  # daphne hands the transport to the WebSocket
+
+        def __init__(self, channel) -> None:
+            self.channel = channel
+            channel.requests.append(self)
+
+    channel = Channel()
+    request = Upgraded(channel)
+    server.protocol_connected(request)
+    server.protocol_disconnected(request)
+    assert channel.requests == []
