@@ -9,23 +9,37 @@ from canvas import broadcast
 pytestmark = pytest.mark.usefixtures("fresh_layer")
 
 
-async def test_a_quiet_outbox_publishes_at_once_then_once_per_tick(
+async def test_changes_go_out_at_once_and_those_during_a_send_together(
     fresh_layer, monkeypatch
 ):
-    monkeypatch.setattr(broadcast, "PUBLISH_TICK", 1.0)
+    real_send = broadcast._send
+
+    async def slow_send(canvas_id: int, message: dict) -> None:
+        await asyncio.sleep(0.3)  # a slow Redis round trip
+        await real_send(canvas_id, message)
+
+    monkeypatch.setattr(broadcast, "_send", slow_send)
     channel = await fresh_layer.new_channel("test.")
     await fresh_layer.group_add(broadcast.group_name(77), channel)
     broadcast.outbox_start()
-    await asyncio.sleep(0.2)  # quiet: nothing is due
+    await asyncio.sleep(0.1)  # quiet: the outbox sleeps
 
     broadcast.publish(canvas_id=77, updates=[[1, 0, 0, 3]])
+    await asyncio.sleep(0.05)  # that send is now in flight
+    broadcast.publish(canvas_id=77, updates=[[2, 1, 0, 3]])
+    broadcast.publish(canvas_id=77, updates=[[3, 2, 0, 3]])
     first = await asyncio.wait_for(fresh_layer.receive(channel), 0.5)
     assert first["type"] == broadcast.MSG_PIXELS
     assert first["updates"] == [[1, 0, 0, 3]]
-
-    broadcast.publish(canvas_id=77, updates=[[2, 1, 0, 3]])
-    broadcast.publish(canvas_id=77, updates=[[3, 2, 0, 3]])
-    with pytest.raises(TimeoutError):  # within the tick: held back
-        await asyncio.wait_for(fresh_layer.receive(channel), 0.4)
-    second = await asyncio.wait_for(fresh_layer.receive(channel), 1.5)
+    second = await asyncio.wait_for(fresh_layer.receive(channel), 0.5)
     assert second["updates"] == [[2, 1, 0, 3], [3, 2, 0, 3]]
+    with pytest.raises(TimeoutError):  # nothing else: one message per send
+        await asyncio.wait_for(fresh_layer.receive(channel), 0.5)
+
+
+async def test_an_idle_outbox_sends_nothing(fresh_layer):
+    channel = await fresh_layer.new_channel("test.")
+    await fresh_layer.group_add(broadcast.group_name(78), channel)
+    broadcast.outbox_start()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(fresh_layer.receive(channel), 0.3)

@@ -168,3 +168,44 @@ async def test_a_hub_with_nothing_ready_sends_nothing(ticking):
     hub.accept([[1, 0, 0, 2]])
     await asyncio.sleep(0.2)
     assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 2]]]
+
+
+async def test_frames_sent_at_once_reach_every_socket_in_the_same_order(make_canvas):
+    """A second frame waits for the first, even behind a socket that is slow."""
+    canvas = await adb(make_canvas)(slug="same-order")
+    hub = Hub(canvas.pk)
+
+    class SlowForPixels(Recorder):
+        async def deliver(self, frame: str) -> None:
+            if json.loads(frame)["type"] == "pixels":
+                await asyncio.sleep(0.05)  # an ASGI send that takes its time
+            await super().deliver(frame)
+
+    recorders = [SlowForPixels() for _ in range(3)]
+    for recorder in recorders:
+        hub.join(recorder)
+    hub.accept([[1, 0, 0, 1]])
+    await asyncio.gather(
+        hub.flush(), hub.send_all(json.dumps({"type": "online", "count": 3}))
+    )
+    orders = {tuple(f["type"] for f in r.frames) for r in recorders}
+    assert orders == {("pixels", "online")}
+
+
+async def test_a_socket_that_leaves_mid_frame_is_not_written(make_canvas):
+    canvas = await adb(make_canvas)(slug="leaves")
+    hub = Hub(canvas.pk)
+
+    class Slow(Recorder):
+        async def deliver(self, frame: str) -> None:
+            await asyncio.sleep(0.05)  # an ASGI send that takes its time
+            await super().deliver(frame)
+
+    sockets = [Slow() for _ in range(3)]
+    for listener in sockets:
+        hub.join(listener)
+    order = list(hub.listeners)
+    asyncio.get_running_loop().call_later(0.02, hub.leave, order[-1])
+    await hub.send_all(json.dumps({"type": "online", "count": 3}))
+    assert order[-1].frames == []
+    assert [len(s.frames) for s in order[:-1]] == [1, 1]
