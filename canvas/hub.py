@@ -30,10 +30,8 @@ SERVER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 # gets a fresh `hello` and refetches the board (docs/protocol.md).
 CLOSE_TOO_SLOW = 4010
 SLOW_ABORT_SECONDS = 5.0
-# Sockets written between turns of the event loop. Writing one frame to
-# thousands of sockets takes tens of milliseconds; in slices, a placement or a
-# channel-layer message arriving meanwhile waits a few milliseconds, not all of it.
-SEND_SLICE = 500
+# The most of its event loop's time a hub's writes may take (see _tick_forever).
+WRITE_SHARE = 0.6
 
 
 class Listener(Protocol):
@@ -171,14 +169,19 @@ class Hub:
             # Sleep until changes arrive: an idle canvas costs no wake-ups. Then
             # keep flushes tick_seconds apart, counted from each flush's start
             # (a busy hub still sends ~1/tick_seconds frames a second), so a lone
-            # placement goes out at once and a busy canvas once per tick.
+            # placement goes out at once and a busy canvas once per tick; or
+            # further apart when the writes alone would take over WRITE_SHARE
+            # of the loop.
             await self.wake.wait()
             self.wake.clear()
             wait = next_at - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if self.last_seq + 1 not in self.pending:
+                # Only changes after a gap (another process's commit is still on
+                # its way): nothing to send, so this does not use up the tick.
+                continue
             started = time.perf_counter()
-            next_at = started + self.tick_seconds
             try:
                 await self.flush()
             except asyncio.CancelledError:
@@ -186,6 +189,10 @@ class Hub:
             except Exception:
                 log.exception("hub flush failed")
             elapsed = time.perf_counter() - started
+            # A process with more sockets than it can write 10 frames a second
+            # to sends fewer, bigger frames instead of starving everything else
+            # on its loop (placements, the layer, other canvases).
+            next_at = started + max(self.tick_seconds, elapsed / WRITE_SHARE)
             self.last_tick_ms = elapsed * 1000
             metrics.TICK_SECONDS.observe(elapsed)
 

@@ -209,3 +209,40 @@ async def test_a_socket_that_leaves_mid_frame_is_not_written(make_canvas):
     await hub.send_all(json.dumps({"type": "online", "count": 3}))
     assert order[-1].frames == []
     assert [len(s.frames) for s in order[:-1]] == [1, 1]
+
+
+async def test_changes_behind_a_gap_do_not_use_up_the_tick(ticking):
+    """With several processes, seqs often arrive out of order: 2 before 1."""
+    hub, recorder = ticking
+    hub.tick_seconds = 1.0
+    await asyncio.sleep(0.1)
+    hub.accept([[2, 1, 0, 1]])  # seq 1 is still on its way from another process
+    await asyncio.sleep(0.1)
+    hub.accept([[1, 0, 0, 1]])
+    await asyncio.sleep(0.2)  # well within the tick
+    assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 1], [2, 1, 0, 1]]]
+
+
+async def test_a_hub_whose_writes_take_long_sends_fewer_bigger_frames(ticking):
+    """Writes may take WRITE_SHARE of the loop; a slow write spaces the frames."""
+    hub, recorder = ticking
+    hub.tick_seconds = 0.05
+    starts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def slow_deliver(frame: str) -> None:
+        starts.append(loop.time())
+        await asyncio.sleep(0.12)  # thousands of sockets' worth of writing
+        recorder.frames.append(json.loads(frame))
+
+    recorder.deliver = slow_deliver
+    for seq in range(1, 31):
+        hub.accept([[seq, seq, 0, 1]])
+        await asyncio.sleep(0.03)
+    await asyncio.sleep(0.5)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # 0.12 s of writing per frame: frames 0.12 / WRITE_SHARE (0.6) apart,
+    # not back to back (which would leave the loop nothing for anything else).
+    assert gaps and min(gaps) >= 0.12 * 1.5 - 0.01
+    delivered = [u[0] for f in recorder.frames for u in f["updates"]]
+    assert delivered == list(range(1, 31))  # fewer frames, nothing lost
