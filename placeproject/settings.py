@@ -120,7 +120,7 @@ if _postgres and PLACE_DB_POOL_SIZE:
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     # Pub/sub, not the core layer, by measurement (bench/RESULTS.md, fan-out):
-    # the only group traffic is one message per canvas per 20 ms per process to
+    # the only group traffic is one message per canvas per group commit per process to
     # the hubs, and there pub/sub's group_send took 0.30 ms against 0.87 ms and
     # delivered at p50 0.4 ms against 1.0 ms (4.1 ms and 19 ms for core on a
     # loaded machine, where its blocking pops also timed out). No capacity,

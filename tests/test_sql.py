@@ -1,0 +1,36 @@
+"""canvas/sql.py: the raw-SQL helpers of the hot paths."""
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from canvas import services
+from canvas.models import Chunk
+from canvas.sql import binding_cursor
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("server-side binding is PostgreSQL's (make test's second pass)")
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_binding_cursor_writes_bytes_in_the_callers_transaction(make_canvas):
+    canvas = make_canvas(slug="binding", width=64, height=64)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.chunks_write(
+            canvas_id=canvas.pk, chunks={(0, 0): bytearray(b"\x07" * 4096)}
+        )
+        assert (
+            bytes(Chunk.objects.get(canvas=canvas, cx=0, cy=0).data)[:2] == b"\x07\x07"
+        )
+        raise RuntimeError  # roll back: the write must go with the transaction
+    assert bytes(Chunk.objects.get(canvas=canvas, cx=0, cy=0).data)[:2] == b"\x00\x00"
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_binding_cursor_errors_arrive_as_djangos():
+    with pytest.raises(DatabaseError), binding_cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")
