@@ -32,6 +32,8 @@ CLOSE_TOO_SLOW = 4010
 SLOW_ABORT_SECONDS = 5.0
 # The most of its event loop's time a hub's writes may take (see _tick_forever).
 WRITE_SHARE = 0.6
+# Close tasks started from synchronous code, kept referenced until they finish.
+_background: set[asyncio.Task] = set()
 
 
 class Listener(Protocol):
@@ -182,8 +184,9 @@ class Hub:
                 # its way): nothing to send, so this does not use up the tick.
                 continue
             started = time.perf_counter()
+            busy = 0.0
             try:
-                await self.flush()
+                busy = await self.flush()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -191,44 +194,80 @@ class Hub:
             elapsed = time.perf_counter() - started
             # A process with more sockets than it can write 10 frames a second
             # to sends fewer, bigger frames instead of starving everything else
-            # on its loop (placements, the layer, other canvases).
-            next_at = started + max(self.tick_seconds, elapsed / WRITE_SHARE)
+            # on its loop (placements, the layer, other canvases). Only the time
+            # the writes held the loop counts, not awaited (ASGI) sends.
+            next_at = started + max(self.tick_seconds, busy / WRITE_SHARE)
             self.last_tick_ms = elapsed * 1000
             metrics.TICK_SECONDS.observe(elapsed)
 
-    async def flush(self) -> None:
+    async def flush(self) -> float:
+        """Send the changes that are ready; return the seconds it held the loop."""
         ready = self.take_ready()
-        if ready:
-            if self.oldest_pending is not None:
-                metrics.LAG_SECONDS.observe(max(0.0, time.time() - self.oldest_pending))
-            self.oldest_pending = time.time() if self.pending else None
-            await self.send_all(protocol.pixels_frame(ready))
+        if not ready:
+            return 0.0
+        if self.oldest_pending is not None:
+            metrics.LAG_SECONDS.observe(max(0.0, time.time() - self.oldest_pending))
+        self.oldest_pending = time.time() if self.pending else None
+        return await self.send_all(protocol.pixels_frame(ready))
 
-    async def send_all(self, frame: str) -> None:
-        """Write one frame to every socket: framed once, then a buffer append each."""
+    async def send_all(self, frame: str) -> float:
+        """Write one frame to every socket: framed once, then a buffer append each.
+
+        Returns the seconds the writes held the event loop (awaited sends and
+        the wait for an earlier frame excluded).
+        """
+        # The sockets are those of this moment, taken before any wait: one that
+        # joins later has this frame's changes in its hello, not in a frame.
+        targets = list(self.listeners)
         async with self.sending:
+            started = time.perf_counter()
+            awaited = 0.0
             prepared = None
             limit = settings.PLACE_SLOW_CLIENT_BYTES
             # No yielding between sockets: the frame goes out in one loop turn.
             # (Slices of 250 or 500 sockets with a yield between them measured
             # worse: p99 0.32-0.35 s against 0.25-0.27 s at 5,000 watchers.)
-            for listener in list(self.listeners):
+            for listener in targets:
                 if listener not in self.listeners:
                     continue  # left while an ASGI send below was awaited
                 wire = self.wires.get(listener)
                 try:
                     if wire is None or not getattr(listener, "ready", False):
-                        await listener.deliver(frame)
+                        before = time.perf_counter()
+                        try:
+                            await asyncio.wait_for(
+                                listener.deliver(frame), SLOW_ABORT_SECONDS
+                            )
+                        finally:
+                            awaited += time.perf_counter() - before
                         continue
                     if prepared is None:
                         prepared = PreparedMessage(frame.encode(), False, False, True)
                     if not sockets.write(wire, prepared, limit):
                         self._close_slow(listener, wire)
+                except TimeoutError:
+                    self._close_stalled(listener)
                 except Exception:
                     log.debug(
                         "dropping a listener that failed to receive", exc_info=True
                     )
                     self.leave(listener)
+            return time.perf_counter() - started - awaited
+
+    def _close_stalled(self, listener: Listener) -> None:
+        """An ASGI send that has not returned in SLOW_ABORT_SECONDS: close it.
+
+        Every frame of the canvas waits behind the one being sent, so one
+        stalled client must not hold it; it reconnects and resyncs.
+        """
+        self.leave(listener)
+        metrics.SLOW_CLIENTS.inc()
+        log.info("event=slow_client_closed peer=asgi")
+        close = getattr(listener, "close", None)
+        if close is not None:
+            task = asyncio.ensure_future(close(code=CLOSE_TOO_SLOW))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     def _close_slow(self, listener: Listener, wire: WebSocketProtocol) -> None:
         """Stop feeding a socket that fell behind; close it so it resyncs."""

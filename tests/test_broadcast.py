@@ -37,6 +37,26 @@ async def test_changes_go_out_at_once_and_those_during_a_send_together(
         await asyncio.wait_for(fresh_layer.receive(channel), 0.5)
 
 
+async def test_a_change_right_after_a_send_is_not_held_back(monkeypatch):
+    """No publish tick: the next commit goes out in the loop's next turns."""
+    sent: list[list] = []
+
+    async def recording_send(canvas_id: int, message: dict) -> None:
+        sent.append(message["updates"])
+
+    monkeypatch.setattr(broadcast, "_send", recording_send)
+    broadcast.outbox_start()
+    await asyncio.sleep(0.05)
+    broadcast.publish(canvas_id=79, updates=[[1, 0, 0, 3]])
+    for _ in range(5):
+        await asyncio.sleep(0)  # loop turns only: no clock time for a tick
+    assert sent == [[[1, 0, 0, 3]]]
+    broadcast.publish(canvas_id=79, updates=[[2, 1, 0, 3]])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sent == [[[1, 0, 0, 3]], [[2, 1, 0, 3]]]
+
+
 async def test_an_idle_outbox_sends_nothing(fresh_layer):
     channel = await fresh_layer.new_channel("test.")
     await fresh_layer.group_add(broadcast.group_name(78), channel)

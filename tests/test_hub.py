@@ -2,11 +2,12 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 
 from canvas import broadcast, services
-from canvas.hub import Hub
+from canvas.hub import CLOSE_TOO_SLOW, Hub
 from canvas.models import Player
 
 from .conftest import adb, connect, receive_type
@@ -223,26 +224,115 @@ async def test_changes_behind_a_gap_do_not_use_up_the_tick(ticking):
     assert [f["updates"] for f in recorder.frames] == [[[1, 0, 0, 1], [2, 1, 0, 1]]]
 
 
-async def test_a_hub_whose_writes_take_long_sends_fewer_bigger_frames(ticking):
-    """Writes may take WRITE_SHARE of the loop; a slow write spaces the frames."""
+async def _place_thirty(hub: Hub, delivered) -> None:
+    """Feed seqs 1..30 every 30 ms; wait (up to 10 s) until all were delivered."""
+    for seq in range(1, 31):
+        hub.accept([[seq, seq, 0, 1]])
+        await asyncio.sleep(0.03)
+    for _ in range(200):
+        if len(delivered()) >= 30:
+            break
+        await asyncio.sleep(0.05)
+    assert delivered() == list(range(1, 31))  # fewer frames, nothing lost
+
+
+async def test_a_hub_whose_writes_take_long_sends_fewer_bigger_frames(
+    ticking, monkeypatch
+):
+    """Writes may hold WRITE_SHARE of the loop; slow writes space the frames."""
+    hub, recorder = ticking
+    hub.tick_seconds = 0.05
+    recorder.ready = True
+    hub.wires[recorder] = object()  # as if daphne's socket: the direct path
+    starts: list[float] = []
+    seqs: list[int] = []
+
+    def blocking_write(wire, prepared, limit) -> bool:
+        starts.append(time.perf_counter())
+        time.sleep(0.12)  # thousands of sockets' worth of kernel sends
+        data = prepared.payloadHybi  # a server frame: 2-, 4- or 10-byte header
+        length = data[1] & 127
+        start = 2 if length < 126 else 4 if length == 126 else 10
+        seqs.extend(u[0] for u in json.loads(data[start:])["updates"])
+        return True
+
+    monkeypatch.setattr("canvas.hub.sockets.write", blocking_write)
+    await _place_thirty(hub, lambda: seqs)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # 0.12 s holding the loop per frame: frames 0.12 / WRITE_SHARE (0.6) apart,
+    # not back to back (which would leave the loop nothing for anything else).
+    assert gaps and min(gaps) >= 0.12 * 1.5 - 0.01
+
+
+async def test_an_awaited_slow_send_does_not_space_the_frames(ticking):
+    """An ASGI send that waits frees the loop meanwhile: no reason to slow down."""
     hub, recorder = ticking
     hub.tick_seconds = 0.05
     starts: list[float] = []
     loop = asyncio.get_running_loop()
 
-    async def slow_deliver(frame: str) -> None:
+    async def waiting_deliver(frame: str) -> None:
         starts.append(loop.time())
-        await asyncio.sleep(0.12)  # thousands of sockets' worth of writing
+        await asyncio.sleep(0.12)
         recorder.frames.append(json.loads(frame))
 
-    recorder.deliver = slow_deliver
-    for seq in range(1, 31):
-        hub.accept([[seq, seq, 0, 1]])
-        await asyncio.sleep(0.03)
-    await asyncio.sleep(0.5)
+    recorder.deliver = waiting_deliver
+    await _place_thirty(
+        hub, lambda: [u[0] for f in recorder.frames for u in f["updates"]]
+    )
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    # 0.12 s of writing per frame: frames 0.12 / WRITE_SHARE (0.6) apart,
-    # not back to back (which would leave the loop nothing for anything else).
-    assert gaps and min(gaps) >= 0.12 * 1.5 - 0.01
-    delivered = [u[0] for f in recorder.frames for u in f["updates"]]
-    assert delivered == list(range(1, 31))  # fewer frames, nothing lost
+    assert gaps and min(gaps) < 0.15  # back to back, not 0.2 s apart
+
+
+async def test_a_socket_joining_while_a_frame_waits_gets_it_in_hello_only(
+    make_canvas,
+):
+    """The frame's sockets are those of its changes' moment, not of its send."""
+    canvas = await adb(make_canvas)(slug="join-wait")
+    hub = Hub(canvas.pk)
+
+    class Slow(Recorder):
+        async def deliver(self, frame: str) -> None:
+            await asyncio.sleep(0.05)  # an ASGI send that takes its time
+            await super().deliver(frame)
+
+    hub.join(Slow())
+    hub.accept([[1, 0, 0, 1]])
+    first = asyncio.create_task(hub.flush())
+    await asyncio.sleep(0.01)  # seq 1's frame is being sent
+    hub.accept([[2, 1, 0, 1]])
+    second = asyncio.create_task(hub.flush())
+    await asyncio.sleep(0)  # seq 2 taken; its frame waits for the first
+    late = Recorder()
+    assert hub.join(late) == 2  # this socket's hello says seq 2
+    await asyncio.gather(first, second)
+    assert late.frames == []  # so it must not get seq 2 again
+
+
+async def test_a_send_that_never_returns_is_closed_and_does_not_hold_the_canvas(
+    make_canvas, monkeypatch
+):
+    monkeypatch.setattr("canvas.hub.SLOW_ABORT_SECONDS", 0.2)
+    canvas = await adb(make_canvas)(slug="stalled")
+    hub = Hub(canvas.pk)
+
+    class Stalled(Recorder):
+        closed_with: int | None = None
+
+        async def deliver(self, frame: str) -> None:
+            await asyncio.Event().wait()  # a client that never drains
+
+        async def close(self, code: int) -> None:
+            self.closed_with = code
+
+    stalled, healthy = Stalled(), Recorder()
+    hub.join(stalled)
+    hub.join(healthy)
+    hub.accept([[1, 0, 0, 1]])
+    await asyncio.wait_for(hub.flush(), 2)
+    hub.accept([[2, 1, 0, 1]])
+    await asyncio.wait_for(hub.flush(), 2)  # not held by the stalled socket
+    assert [u[0] for f in healthy.frames for u in f["updates"]] == [1, 2]
+    await asyncio.sleep(0)
+    assert stalled.closed_with == CLOSE_TOO_SLOW
+    assert stalled not in hub.listeners

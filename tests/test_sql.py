@@ -34,3 +34,21 @@ def test_binding_cursor_writes_bytes_in_the_callers_transaction(make_canvas):
 def test_binding_cursor_errors_arrive_as_djangos():
     with pytest.raises(DatabaseError), binding_cursor() as cursor:
         cursor.execute("SELECT * FROM no_such_table")
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_a_failed_chunk_write_rolls_back_and_the_connection_goes_on(make_canvas):
+    """An error from the pipelined writes reaches the caller as Django's; the
+    savepoint rolls back and the same transaction carries on."""
+    canvas = make_canvas(slug="pipeline-error", width=64, height=64)
+    with transaction.atomic():
+        with pytest.raises(DatabaseError), transaction.atomic():
+            services.chunks_write(
+                canvas_id=canvas.pk,
+                chunks={(0, 0): bytearray(b"\x01" * 4096), ("x", 0): bytearray(1)},
+            )
+        assert bytes(Chunk.objects.get(canvas=canvas, cx=0, cy=0).data)[:1] == b"\x00"
+    services.chunks_write(
+        canvas_id=canvas.pk, chunks={(0, 0): bytearray(b"\x02" * 4096)}
+    )
+    assert bytes(Chunk.objects.get(canvas=canvas, cx=0, cy=0).data)[:1] == b"\x02"
