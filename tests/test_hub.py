@@ -29,6 +29,14 @@ class Recorder:
         pass
 
 
+class Slow(Recorder):
+    """A socket behind an ASGI send that takes its time."""
+
+    async def deliver(self, frame: str) -> None:
+        await asyncio.sleep(0.05)
+        await super().deliver(frame)
+
+
 async def test_out_of_order_changes_are_released_in_seq_order(make_canvas):
     canvas = await adb(make_canvas)(slug="order")
     hub = Hub(canvas.pk)
@@ -197,11 +205,6 @@ async def test_a_socket_that_leaves_mid_frame_is_not_written(make_canvas):
     canvas = await adb(make_canvas)(slug="leaves")
     hub = Hub(canvas.pk)
 
-    class Slow(Recorder):
-        async def deliver(self, frame: str) -> None:
-            await asyncio.sleep(0.05)  # an ASGI send that takes its time
-            await super().deliver(frame)
-
     sockets = [Slow() for _ in range(3)]
     for listener in sockets:
         hub.join(listener)
@@ -290,11 +293,6 @@ async def test_a_socket_joining_while_a_frame_waits_gets_it_in_hello_only(
     """The frame's sockets are those of its changes' moment, not of its send."""
     canvas = await adb(make_canvas)(slug="join-wait")
     hub = Hub(canvas.pk)
-
-    class Slow(Recorder):
-        async def deliver(self, frame: str) -> None:
-            await asyncio.sleep(0.05)  # an ASGI send that takes its time
-            await super().deliver(frame)
 
     hub.join(Slow())
     hub.accept([[1, 0, 0, 1]])
