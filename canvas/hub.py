@@ -32,6 +32,8 @@ CLOSE_TOO_SLOW = 4010
 SLOW_ABORT_SECONDS = 5.0
 # The most of its event loop's time a hub's writes may take (see _tick_forever).
 WRITE_SHARE = 0.6
+# How recent another hub's frame must be for its write time to count.
+BUSY_WINDOW = 1.0
 # Close tasks started from synchronous code, kept referenced until they finish.
 _background: set[asyncio.Task] = set()
 
@@ -53,6 +55,9 @@ class Hub:
         self.tick_seconds = settings.PLACE_BROADCAST_TICK
         self.wake = asyncio.Event()  # set when changes arrive for the tick loop
         self.last_tick_ms = 0.0
+        # Seconds the last frame's writes held the loop, and when it started.
+        self.last_busy = 0.0
+        self.last_flush = 0.0
         self.wires: dict[Listener, WebSocketProtocol | None] = {}
         self.oldest_pending: float | None = None
         self.online_sent: int | None = None
@@ -195,8 +200,12 @@ class Hub:
             # A process with more sockets than it can write 10 frames a second
             # to sends fewer, bigger frames instead of starving everything else
             # on its loop (placements, the layer, other canvases). Only the time
-            # the writes held the loop counts, not awaited (ASGI) sends.
-            next_at = started + max(self.tick_seconds, busy / WRITE_SHARE)
+            # the writes held the loop counts, not awaited (ASGI) sends; and the
+            # budget is the process's: every busy canvas's last frame counts, so
+            # that together their writes stay within WRITE_SHARE.
+            self.last_busy, self.last_flush = busy, started
+            total = busy + registry.others_busy(self, started)
+            next_at = started + max(self.tick_seconds, total / WRITE_SHARE)
             self.last_tick_ms = elapsed * 1000
             metrics.TICK_SECONDS.observe(elapsed)
 
@@ -357,6 +366,15 @@ class Registry:
             raise
         self.hubs[canvas_id] = hub
         return hub
+
+    def others_busy(self, hub: Hub, now: float) -> float:
+        """The last frame's write time of this process's other hubs that sent
+        one within the last second (an idle canvas costs the budget nothing)."""
+        return sum(
+            other.last_busy
+            for other in self.hubs.values()
+            if other is not hub and now - other.last_flush < BUSY_WINDOW
+        )
 
     async def _heartbeat_forever(self) -> None:
         await database_sync_to_async(sweep_dead_local_servers)()

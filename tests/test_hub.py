@@ -7,7 +7,7 @@ import time
 import pytest
 
 from canvas import broadcast, services
-from canvas.hub import CLOSE_TOO_SLOW, Hub
+from canvas.hub import CLOSE_TOO_SLOW, Hub, registry
 from canvas.models import Player
 
 from .conftest import adb, connect, receive_type
@@ -334,3 +334,46 @@ async def test_a_send_that_never_returns_is_closed_and_does_not_hold_the_canvas(
     await asyncio.sleep(0)
     assert stalled.closed_with == CLOSE_TOO_SLOW
     assert stalled not in hub.listeners
+
+
+async def test_busy_canvases_share_one_write_budget_per_process(
+    make_canvas, monkeypatch
+):
+    """Two canvases whose frames each hold the loop 0.06 s: alone each could
+    send every 0.1 s; together their writes would take 120 % of it, so each
+    sends every (0.06 + 0.06) / WRITE_SHARE (0.6) = 0.2 s."""
+    hubs, wires, starts = [], [], {}
+    for slug in ("budget-a", "budget-b"):
+        canvas = await adb(make_canvas)(slug=slug)
+        hub = Hub(canvas.pk)
+        hub.tick_seconds = 0.05
+        listener = Recorder()
+        listener.ready = True
+        hub.join(listener)
+        wire = object()
+        hub.wires[listener] = wire
+        hubs.append(hub)
+        wires.append(wire)
+        starts[id(wire)] = []
+
+    def blocking_write(wire, prepared, limit) -> bool:
+        starts[id(wire)].append(time.perf_counter())
+        time.sleep(0.06)
+        return True
+
+    monkeypatch.setattr("canvas.hub.sockets.write", blocking_write)
+    monkeypatch.setattr(registry, "hubs", {h.canvas_id: h for h in hubs})
+    tasks = [asyncio.create_task(h._tick_forever()) for h in hubs]
+    try:
+        for seq in range(1, 76):
+            for hub in hubs:
+                hub.accept([[seq, seq % 32, 0, 1]])
+            await asyncio.sleep(0.02)
+    finally:
+        for task in tasks:
+            task.cancel()
+    for wire in wires:
+        times = starts[id(wire)]
+        gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+        assert len(gaps) >= 4
+        assert gaps[len(gaps) // 2] >= 0.17  # the median: 0.2 s, not 0.1 s
