@@ -11,7 +11,6 @@ flight, and not at all (no wake-ups) while nothing is placed. Outside a server
 
 import asyncio
 import logging
-import threading
 import time
 
 from asgiref.sync import async_to_sync
@@ -39,7 +38,6 @@ class _Outbox:
         self.pending: dict[int, list[Update]] = {}
         self.task: asyncio.Task | None = None
         self.wake = asyncio.Event()
-        self.lock = threading.Lock()
 
     def add(self, canvas_id: int, updates: list[Update]) -> None:
         self.pending.setdefault(canvas_id, []).extend(updates)

@@ -54,7 +54,6 @@ class Hub:
         self.tasks: list[asyncio.Task] = []
         self.tick_seconds = settings.PLACE_BROADCAST_TICK
         self.wake = asyncio.Event()  # set when changes arrive for the tick loop
-        self.last_tick_ms = 0.0
         # Seconds the last frame's writes held the loop, and when it started.
         self.last_busy = 0.0
         self.last_flush = 0.0
@@ -206,7 +205,6 @@ class Hub:
             self.last_busy, self.last_flush = busy, started
             total = busy + registry.others_busy(self, started)
             next_at = started + max(self.tick_seconds, total / WRITE_SHARE)
-            self.last_tick_ms = elapsed * 1000
             metrics.TICK_SECONDS.observe(elapsed)
 
     async def flush(self) -> float:
@@ -255,7 +253,7 @@ class Hub:
                     if not sockets.write(wire, prepared, limit):
                         self._close_slow(listener, wire)
                 except TimeoutError:
-                    self._close_stalled(listener)
+                    self._close_slow(listener)
                 except Exception:
                     log.debug(
                         "dropping a listener that failed to receive", exc_info=True
@@ -263,26 +261,25 @@ class Hub:
                     self.leave(listener)
             return time.perf_counter() - started - awaited
 
-    def _close_stalled(self, listener: Listener) -> None:
-        """An ASGI send that has not returned in SLOW_ABORT_SECONDS: close it.
+    def _close_slow(
+        self, listener: Listener, wire: WebSocketProtocol | None = None
+    ) -> None:
+        """Stop feeding a socket that fell behind; close it so it resyncs.
 
-        Every frame of the canvas waits behind the one being sent, so one
-        stalled client must not hold it; it reconnects and resyncs.
+        `wire`: daphne's socket, whose unsent bytes passed the limit. Without
+        one, an ASGI send that has not returned in SLOW_ABORT_SECONDS: every
+        frame of the canvas waits behind it, so it must not hold them.
         """
         self.leave(listener)
         metrics.SLOW_CLIENTS.inc()
-        log.info("event=slow_client_closed peer=asgi")
-        close = getattr(listener, "close", None)
-        if close is not None:
-            task = asyncio.ensure_future(close(code=CLOSE_TOO_SLOW))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-    def _close_slow(self, listener: Listener, wire: WebSocketProtocol) -> None:
-        """Stop feeding a socket that fell behind; close it so it resyncs."""
-        self.leave(listener)
-        metrics.SLOW_CLIENTS.inc()
-        log.info("event=slow_client_closed peer=%s", wire.peer)
+        log.info("event=slow_client_closed peer=%s", wire.peer if wire else "asgi")
+        if wire is None:
+            close = getattr(listener, "close", None)
+            if close is not None:
+                task = asyncio.ensure_future(close(code=CLOSE_TOO_SLOW))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+            return
         wire.sendClose(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and refetch")
         # The close frame queues behind the backlog; a client that reads nothing
         # never sees it, so drop the TCP connection if it lingers.

@@ -194,8 +194,9 @@ class PlaceServer(Server):
     def _next_check(self, protocol, now: float) -> float:
         """When check_timeouts could next do something for this connection."""
         soonest = now + TIMEOUT_SECONDS
-        if isinstance(protocol, WebSocketProtocol) and protocol.state in (
-            protocol.STATE_OPEN,
+        if (
+            isinstance(protocol, WebSocketProtocol)
+            and protocol.state == protocol.STATE_OPEN
         ):
             # Open WebSockets: only the keepalive ping and the maximum age
             # apply. Anything else (handshakes, HTTP) keeps daphne's 2 s.
