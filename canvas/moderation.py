@@ -36,7 +36,7 @@ from .models import (
 )
 from .moderation_selectors import board_region
 from .protocol import Update
-from .sql import int_array
+from .sql import int_array, sql_in
 
 # Placements per transaction (more when one pixel has more); one batch's work is
 # what live placements may wait for.
@@ -235,12 +235,6 @@ def _pixels_shown(
     return seen or 0, shown
 
 
-def _ids_where(ids: list[int]) -> tuple[str, list]:
-    if connection.vendor == "postgresql":
-        return "id = ANY(%s::bigint[])", [int_array(ids)]
-    return f"id IN ({','.join(['%s'] * len(ids))})", list(ids)
-
-
 def _placements_flag(
     *, ids: list[int], rolled_back: bool, by: int | None, only_by: int | None
 ) -> tuple[int, list[tuple[int, int]]]:
@@ -253,7 +247,7 @@ def _placements_flag(
     count, pixels = 0, set()
     with connection.cursor() as cursor:
         for start in range(0, len(ids), 10000):
-            where, params = _ids_where(ids[start : start + 10000])
+            where, params = sql_in("id", ids[start : start + 10000])
             if only_by is None:
                 where, params = f"{where} AND rolled_back = %s", [*params, False]
             else:

@@ -189,8 +189,14 @@ def seqs_allocate(*, canvas_id: int, count: int) -> int:
 
     The lock is held until commit, so changes commit in seq order.
     """
-    Canvas.objects.filter(pk=canvas_id).update(seq=F("seq") + count)
-    last = Canvas.objects.filter(pk=canvas_id).values_list("seq", flat=True).get()
+    table = connection.ops.quote_name(Canvas._meta.db_table)
+    with connection.cursor() as cursor:
+        # One round trip (both databases know RETURNING), while others wait.
+        cursor.execute(
+            f"UPDATE {table} SET seq = seq + %s WHERE id = %s RETURNING seq",
+            [count, canvas_id],
+        )
+        (last,) = cursor.fetchone()
     return last - count + 1
 
 
@@ -282,11 +288,15 @@ def _ip_quota_take(*, canvas: Canvas, ip: str | None, now: datetime) -> None:
 
 
 def _account_age_check(*, player: Player, now: datetime) -> None:
+    created = player.user.date_joined if player.user_id else player.created_at
+    account_age_check(created=created, now=now)
+
+
+def account_age_check(*, created: datetime, now: datetime) -> None:
     """Accounts younger than PLACE_MIN_ACCOUNT_AGE wait, like r/place's cut-off."""
     minimum = settings.PLACE_MIN_ACCOUNT_AGE
     if minimum <= 0:
         return
-    created = player.user.date_joined if player.user_id else player.created_at
     wait = (created + timedelta(seconds=minimum) - now).total_seconds()
     if wait > 0:
         raise exc.PlaceError("cooldown", exc.MSG_ACCOUNT_TOO_NEW, retry_after=wait)
@@ -296,10 +306,20 @@ def placement_validate(
     *, canvas: Canvas, player: Player | None, x: int, y: int, color: int
 ) -> None:
     """Raise PlaceError for anything that refuses a placement before the cooldown."""
-    if player is None:
+    player_check(known=player is not None, banned=bool(player and player.is_banned()))
+    placement_check(canvas=canvas, x=x, y=y, color=color)
+
+
+def player_check(*, known: bool, banned: bool) -> None:
+    """The player's own refusals, checked first: not signed in, banned."""
+    if not known:
         raise exc.PlaceError("login_required", exc.MSG_LOGIN_REQUIRED)
-    if player.is_banned():
+    if banned:
         raise exc.PlaceError("banned", exc.MSG_BANNED)
+
+
+def placement_check(*, canvas: Canvas, x: int, y: int, color: int) -> None:
+    """The canvas's refusals: closed, outside it, not in its palette."""
     if not canvas.is_open:
         raise exc.PlaceError("canvas_closed", exc.MSG_CANVAS_CLOSED)
     if not (0 <= x < canvas.width and 0 <= y < canvas.height):

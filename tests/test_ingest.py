@@ -1,12 +1,15 @@
 """Group commit (canvas/ingest.py): many placements per transaction, none unsafe."""
 
 import asyncio
+from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError, OperationalError
+from django.utils import timezone
 
 from canvas import exceptions as exc
-from canvas import ingest, selectors
+from canvas import ingest, selectors, services
 from canvas.models import Cooldown, Placement, Player
 
 from .conftest import adb, connect, receive_type, send, session_key_create
@@ -80,6 +83,49 @@ async def test_each_refusal_keeps_its_own_code_inside_a_batch(canvas):
     codes = [getattr(r, "code", "ok") for r in results]
     assert codes == ["out_of_bounds", "invalid_color", "login_required", "ok"]
     assert results[3].seq == 1
+
+
+def players_of_every_kind(now):
+    """A banned player, an old one whose ban ran out, one since deleted, a new
+    account and an old one, in that order."""
+    banned, pardoned, gone = players(3)
+    Player.objects.filter(pk=banned).update(banned_until=now + timedelta(hours=1))
+    Player.objects.filter(pk=pardoned).update(
+        banned_until=now - timedelta(hours=1), created_at=now - timedelta(days=2)
+    )
+    Player.objects.filter(pk=gone).delete()
+    users = get_user_model().objects
+    fresh = services.player_for_user(user=users.create_user("fresh", password="x"))
+    old_user = users.create_user("veteran", password="x")
+    old_user.date_joined = now - timedelta(days=2)
+    old_user.save()
+    veteran = services.player_for_user(user=old_user)
+    return [banned, pardoned, gone, fresh.pk, veteran.pk]
+
+
+async def test_players_banned_gone_or_too_new_are_refused_in_a_batch(canvas, settings):
+    settings.PLACE_MIN_ACCOUNT_AGE = 3600
+    ids = await adb(players_of_every_kind)(timezone.now())
+    before = ingest.batcher.batches
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 0, 1) for i, p in enumerate(ids)]
+    )
+    assert ingest.batcher.batches == before + 1
+    codes = [getattr(r, "code", "ok") for r in results]
+    assert codes == ["banned", "ok", "login_required", "cooldown", "ok"]
+    assert results[3].message == exc.MSG_ACCOUNT_TOO_NEW
+    assert 3590 < results[3].retry_after <= 3600
+    placed = Placement.objects.order_by("seq").values_list("player_id", flat=True)
+    assert await adb(list)(placed) == [ids[1], ids[4]]
+
+
+async def test_without_an_age_minimum_new_accounts_place_at_once(canvas):
+    ids = await adb(players_of_every_kind)(timezone.now())
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 0, 1) for i, p in enumerate(ids)]
+    )
+    codes = [getattr(r, "code", "ok") for r in results]
+    assert codes == ["banned", "ok", "login_required", "ok", "ok"]
 
 
 async def test_cooldown_still_holds_across_batches(canvas):
