@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Count, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -116,9 +117,15 @@ def _players_screen(
     table = connection.ops.quote_name(Player._meta.db_table)
     where, params = sql_in(f"{table}.id", ids)
     rows = Player.objects.extra(where=[where], params=params)
-    banned = set(rows.filter(banned_until__gt=now).values_list("pk", flat=True))
+    # One round trip in the usual case: counts first, ids only if any is off.
+    counts = rows.aggregate(
+        known=Count("pk"), banned=Count("pk", filter=Q(banned_until__gt=now))
+    )
+    banned: set[int] = set()
+    if counts["banned"]:
+        banned = set(rows.filter(banned_until__gt=now).values_list("pk", flat=True))
     missing: set[int] = set()
-    if rows.count() != len(ids):
+    if counts["known"] != len(ids):
         missing = set(ids) - set(rows.values_list("pk", flat=True))
     young: dict[int, datetime] = {}
     if settings.PLACE_MIN_ACCOUNT_AGE > 0:
