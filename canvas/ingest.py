@@ -27,7 +27,7 @@ from django.utils import timezone
 from . import broadcast, metrics, services
 from . import exceptions as exc
 from .models import Canvas, Cooldown, Placement, Player
-from .sql import int_array, marks, slices, sql_in
+from .sql import slices, sql_in
 
 log = logging.getLogger("canvas.ingest")
 # One key=value line per placement and refusal; route or silence it on its own.
@@ -257,46 +257,9 @@ VARYING = ("seq", "x", "y", "color", "previous_color", "player_id")
 
 
 def _placements_insert(canvas_id: int, rows: list[tuple], now: datetime) -> None:
-    """Multi-row INSERTs of history rows.
-
-    Every column other than VARYING takes the value a default-built Placement
-    would have, prepared once per batch, so fields added to the model later
-    with a default still get it; the ORM's per-object preparation was the
-    single largest cost of a batch.
-    """
     proto = Placement(canvas_id=canvas_id, placed_at=now, seq=0, x=0, y=0, color=0)
     proto.previous_color = 0
-    fields = [f for f in Placement._meta.concrete_fields if not f.primary_key]
-    fixed = {
-        f.attname: f.get_db_prep_save(getattr(proto, f.attname), connection)
-        for f in fields
-        if f.attname not in VARYING
-    }
-    columns = list(VARYING) + list(fixed)
-    constant = list(fixed.values())
-    quote = connection.ops.quote_name
-    column = {f.attname: quote(f.column) for f in fields}
-    head = (
-        f"INSERT INTO {quote(Placement._meta.db_table)} "
-        f"({', '.join(column[name] for name in columns)}) VALUES "
-    )
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One statement for the whole batch: a column array per VARYING field.
-            types = {f.attname: f.db_type(connection) for f in fields}
-            arrays = ", ".join(f"%s::{types[name]}[]" for name in VARYING)
-            consts = ", ".join(f"%s::{types[name]}" for name in fixed)
-            cursor.execute(
-                head.replace(
-                    " VALUES ", f" SELECT u.*, {consts} FROM unnest({arrays}) u"
-                ),
-                constant + [int_array(column) for column in zip(*rows, strict=True)],
-            )
-            return
-        cursor.executemany(
-            head + "(" + marks(len(columns)) + ")",
-            [(*row, *constant) for row in rows],
-        )
+    services.placements_insert(proto=proto, varying=VARYING, rows=rows)
 
 
 class Batcher:

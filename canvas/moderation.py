@@ -324,30 +324,7 @@ MODERATION_VARYING = ("seq", "x", "y", "color", "previous_color")
 def _moderation_rows_insert(
     *, canvas_id: int, rows: list[tuple[int, int, int, int, int]], now: datetime
 ) -> None:
-    """Insert (seq, x, y, colour, previous colour) moderation rows.
-
-    On PostgreSQL one INSERT ... SELECT FROM unnest, as ingest does; every
-    other column takes the value a default-built moderation Placement has.
-    """
-    if connection.vendor != "postgresql":
-        Placement.objects.bulk_create(
-            (
-                Placement(
-                    canvas_id=canvas_id,
-                    seq=seq,
-                    x=x,
-                    y=y,
-                    color=color,
-                    previous_color=prior,
-                    player=None,
-                    placed_at=now,
-                    kind=Placement.KIND_MODERATION,
-                )
-                for seq, x, y, color, prior in rows
-            ),
-            batch_size=2000,
-        )
-        return
+    """Insert (seq, x, y, colour, previous colour) moderation rows."""
     proto = Placement(
         canvas_id=canvas_id,
         placed_at=now,
@@ -359,25 +336,7 @@ def _moderation_rows_insert(
         color=0,
         previous_color=0,
     )
-    fields = [f for f in Placement._meta.concrete_fields if not f.primary_key]
-    fixed = {
-        f.attname: f.get_db_prep_save(getattr(proto, f.attname), connection)
-        for f in fields
-        if f.attname not in MODERATION_VARYING
-    }
-    types = {f.attname: f.db_type(connection) for f in fields}
-    quote = connection.ops.quote_name
-    column = {f.attname: quote(f.column) for f in fields}
-    names = list(MODERATION_VARYING) + list(fixed)
-    arrays = ", ".join(f"%s::{types[name]}[]" for name in MODERATION_VARYING)
-    consts = ", ".join(f"%s::{types[name]}" for name in fixed)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(Placement._meta.db_table)}"
-            f" ({', '.join(column[name] for name in names)})"
-            f" SELECT u.*, {consts} FROM unnest({arrays}) u",
-            list(fixed.values()) + [int_array(c) for c in zip(*rows, strict=True)],
-        )
+    services.placements_insert(proto=proto, varying=MODERATION_VARYING, rows=rows)
 
 
 def _board_write(

@@ -23,7 +23,7 @@ from .models import (
     Placement,
     Player,
 )
-from .sql import binding_cursor, slices
+from .sql import binding_cursor, int_array, marks, slices
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -198,6 +198,47 @@ def seqs_allocate(*, canvas_id: int, count: int) -> int:
         )
         (last,) = cursor.fetchone()
     return last - count + 1
+
+
+def placements_insert(
+    *, proto: Placement, varying: tuple[str, ...], rows: list[tuple]
+) -> None:
+    """Insert history rows that differ from `proto` only in the `varying` fields.
+
+    Every other column takes proto's value, prepared once per call, so fields
+    added to the model later with a default still get it; the ORM's per-object
+    preparation was the single largest cost of a group commit. On PostgreSQL
+    one statement, a column array per varying field.
+    """
+    if not rows:
+        return
+    fields = [f for f in Placement._meta.concrete_fields if not f.primary_key]
+    fixed = {
+        f.attname: f.get_db_prep_save(getattr(proto, f.attname), connection)
+        for f in fields
+        if f.attname not in varying
+    }
+    quote = connection.ops.quote_name
+    column = {f.attname: quote(f.column) for f in fields}
+    head = (
+        f"INSERT INTO {quote(Placement._meta.db_table)} "
+        f"({', '.join(column[name] for name in [*varying, *fixed])})"
+    )
+    constant = list(fixed.values())
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            types = {f.attname: f.db_type(connection) for f in fields}
+            arrays = ", ".join(f"%s::{types[name]}[]" for name in varying)
+            consts = ", ".join(f"%s::{types[name]}" for name in fixed)
+            cursor.execute(
+                f"{head} SELECT u.*, {consts} FROM unnest({arrays}) u",
+                [*constant, *(int_array(c) for c in zip(*rows, strict=True))],
+            )
+            return
+        cursor.executemany(
+            f"{head} VALUES ({marks(len(varying) + len(fixed))})",
+            [(*row, *constant) for row in rows],
+        )
 
 
 def anonymous_name(session_key: str) -> str:
