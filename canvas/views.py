@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve
 from django.utils.http import parse_etags
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_safe
+from django.views.decorators.http import require_GET
 
 from . import exceptions as exc
 from . import ratelimit, selectors, services
@@ -36,6 +36,27 @@ def _canvas_or_404(view):
         return view(request, canvas, **kwargs)
 
     return wrapper
+
+
+def _api_read(view):
+    """GET and HEAD only; any other method gets a JSON 405.
+
+    Exempt from CSRF, which would otherwise answer a POST first with its HTML
+    403 page: these views write nothing, so there is nothing to protect.
+    """
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            response = JsonResponse(
+                {"error": f"{request.method} is not allowed here; use GET."},
+                status=405,
+            )
+            response["Allow"] = "GET, HEAD"
+            return response
+        return view(request, *args, **kwargs)
+
+    return csrf_exempt(wrapper)
 
 
 def canvas_json(canvas) -> dict:
@@ -98,7 +119,7 @@ def play(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-@require_safe
+@_api_read
 @_canvas_or_404
 def canvas_meta(request: HttpRequest, canvas) -> JsonResponse:
     return JsonResponse(canvas_json(canvas))
@@ -114,7 +135,13 @@ def _not_modified(request: HttpRequest, etag: str) -> bool:
     return tags == ["*"] or any(tag.removeprefix("W/") == ours for tag in tags)
 
 
-@require_safe
+def _not_modified_response(headers: dict) -> HttpResponse:
+    response = HttpResponse(status=304, headers=headers)
+    del response["Content-Type"]  # no body, so no type (RFC 9110 section 15.4.5)
+    return response
+
+
+@_api_read
 @_canvas_or_404
 def board(request: HttpRequest, canvas) -> HttpResponse:
     snapshot = selectors.board_snapshot(canvas=canvas)
@@ -124,19 +151,19 @@ def board(request: HttpRequest, canvas) -> HttpResponse:
         "Cache-Control": "no-cache",
     }
     if _not_modified(request, snapshot.etag):
-        return HttpResponse(status=304, headers=headers)
+        return _not_modified_response(headers)
     return HttpResponse(
         snapshot.data, content_type="application/octet-stream", headers=headers
     )
 
 
-@require_safe
+@_api_read
 @_canvas_or_404
 def board_png(request: HttpRequest, canvas) -> HttpResponse:
     etag, png = selectors.board_png(canvas=canvas)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _not_modified(request, etag):
-        return HttpResponse(status=304, headers=headers)
+        return _not_modified_response(headers)
     return HttpResponse(png, content_type="image/png", headers=headers)
 
 
@@ -146,7 +173,7 @@ MSG_NO_ENDPOINT = "No such API endpoint."
 COORDINATE = re.compile(r"-?[0-9]{1,9}")
 
 
-@require_safe
+@_api_read
 @_canvas_or_404
 def pixel(request: HttpRequest, canvas, x: str, y: str) -> JsonResponse:
     if not (COORDINATE.fullmatch(x) and COORDINATE.fullmatch(y)):
@@ -195,7 +222,7 @@ MSG_TOO_MANY_ATTEMPTS = "Too many attempts from your address; try again later."
 
 
 def _attempts_allowed(request: HttpRequest, kind: str, limit: int, window: int) -> bool:
-    """Count a POST to an account form against the client's address."""
+    """Count a POST to an account form (or a sign-up) against the address."""
     if request.method != "POST":
         return True
     key = f"attempts:{kind}:{request_ip(request)}"
@@ -219,12 +246,16 @@ def login_page(request: HttpRequest) -> HttpResponse:
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    limit, window = settings.PLACE_SIGNUP_LIMIT, settings.PLACE_SIGNUP_WINDOW
-    if not _attempts_allowed(request, "signup", limit, window):
-        return _too_many(request, "registration/signup.html", SignupForm())
+    """Sign-up, limited to PLACE_SIGNUP_LIMIT new accounts per address per window.
+
+    Only accounts made count: a typo in the confirmation costs nothing.
+    """
     if request.method == "POST":
         form = SignupForm(request.POST)
         if form.is_valid():
+            limit, window = settings.PLACE_SIGNUP_LIMIT, settings.PLACE_SIGNUP_WINDOW
+            if not _attempts_allowed(request, "signup", limit, window):
+                return _too_many(request, "registration/signup.html", SignupForm())
             user = form.save()
             login(request, user)
             return redirect(_safe_next(request))

@@ -208,8 +208,11 @@ def test_signup_page_does_not_require_the_confirmation(client, db):
     assert "required" not in confirmation
 
 
-def test_signup_rate_limit_still_applies(client, db, settings):
+def test_signup_rate_limit_counts_accounts_made_not_typos(client, db, settings):
     settings.PLACE_SIGNUP_LIMIT = 1
+    for _ in range(3):
+        typo = {"username": "jo", "password": "a-long-pass-123", "password2": "x"}
+        assert client.post("/accounts/signup/", typo).status_code == 200
     first = {"username": "jo", "password": "a-long-pass-123"}
     assert client.post("/accounts/signup/", first).status_code == 302
     second = {"username": "kim", "password": "a-long-pass-123"}
@@ -382,6 +385,7 @@ def test_if_none_match_forms_give_304(client, canvas, path, if_none_match):
     response = client.get(url, headers={"if-none-match": header})
     assert response.status_code == 304 and response.content == b""
     assert response["ETag"] == etag
+    assert "Content-Type" not in response
 
 
 @pytest.mark.parametrize("path", ["board", "board.png"])
@@ -412,3 +416,15 @@ def test_head_answers_with_headers_and_no_body(client, canvas, path, content_typ
         assert response["ETag"] == client.get(f"/api/canvases/test/{path}")["ETag"]
     if path == "board":
         assert response["X-Canvas-Seq"] == "1"
+
+
+@pytest.mark.parametrize("path", ["", "board", "board.png", "pixels/1/1"])
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options"])
+def test_api_reads_refuse_other_methods_with_a_json_405(canvas, path, method):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)  # as a script without a token
+    response = getattr(client, method)(f"/api/canvases/test/{path}")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
+    assert "not allowed" in response.json()["error"]
