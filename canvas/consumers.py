@@ -94,7 +94,8 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             log.warning("database unavailable during connect")
             await self.close(code=1011)
             return
-        canvas, self.session_key, self.player_id, self.player_name, remaining = identity
+        canvas, self.session_key, self.player_id, self.player_name = identity[:4]
+        remaining, ban = identity[4:]
         # Everything the socket needs from its request is read: drop it rather
         # than keep about a kilobyte per idle socket. The list is emptied in
         # place because daphne's protocol holds the same list; nothing reads
@@ -131,10 +132,25 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 seq=seq,
                 cooldown_seconds=canvas.cooldown_seconds,
                 cooldown_remaining=remaining,
-                can_place=self.player_id is not None,
+                can_place=(
+                    self.player_id is not None and ban is None and canvas.is_open
+                ),
                 user=self.player_name,
             )
         )
+        # Why a player may not place, for the page to say so before a click.
+        if not canvas.is_open:
+            await self.send(
+                text_data=protocol.canvas_frame(
+                    cooldown_seconds=canvas.cooldown_seconds,
+                    open_=False,
+                    width=canvas.width,
+                    height=canvas.height,
+                )
+            )
+        if ban is not None:
+            until, reason = ban
+            await self.send(text_data=protocol.banned_frame(until=until, reason=reason))
         self.ready = True
         for frame in self.backlog:
             await self.send(text_data=frame)
@@ -258,7 +274,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 
 
 def _identify(slug: str, session_key: str | None):
-    """Canvas, live session, player and cooldown for a new socket (in a thread).
+    """Canvas, live session, player, cooldown and ban for a new socket (in a thread).
 
     Only a live session counts from here on: an expired one is no session.
     """
@@ -268,7 +284,10 @@ def _identify(slug: str, session_key: str | None):
     player_id = player.pk if player else None
     remaining = selectors.cooldown_remaining(canvas=canvas, player_id=player_id)
     name = player.name if player else None
-    return canvas, session_key, player_id, name, remaining
+    ban = None
+    if player is not None and player.is_banned():
+        ban = (player.banned_until, player.ban_reason)
+    return canvas, session_key, player_id, name, remaining, ban
 
 
 def _connection_allowed(ip: str | None) -> bool:

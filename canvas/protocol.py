@@ -6,6 +6,7 @@ describes the same shapes for people.
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from . import exceptions as exc
 
@@ -126,6 +127,11 @@ def pixels_frame(updates: list[Update]) -> str:
 
 def online_frame(count: int) -> str:
     return _dump({"type": "online", "count": count})
+
+
+def banned_frame(*, until: datetime, reason: str) -> str:
+    """Sent after `hello` to a banned player: why `can_place` is false."""
+    return _dump({"type": "banned", "until": until.isoformat(), "reason": reason})
 
 
 def canvas_frame(*, cooldown_seconds: int, open_: bool, width: int, height: int) -> str:

@@ -230,6 +230,39 @@ async def test_banned_player_is_refused_on_an_open_socket(canvas):
     await client.disconnect()
 
 
+async def test_a_banned_player_is_told_at_connect_and_cannot_place(canvas):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from canvas.models import Player
+
+    key = await adb(login_session_key)("mallory")
+    await (await connect("test", session_key=key))[0].disconnect()  # player made
+    until = timezone.now() + timedelta(days=1)
+    banning = Player.objects.filter(name="mallory")
+    assert await adb(banning.update)(banned_until=until, ban_reason="griefing") == 1
+    client, hello = await connect("test", session_key=key)
+    assert hello["user"] == "mallory" and hello["can_place"] is False
+    banned = await receive_type(client, "banned")
+    assert banned["until"] == until.isoformat() and banned["reason"] == "griefing"
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    assert (await receive_type(client, "rejected"))["code"] == "banned"
+    await client.disconnect()
+
+
+async def test_a_paused_canvas_says_so_after_hello(canvas):
+    await adb(type(canvas).objects.filter(pk=canvas.pk).update)(is_open=False)
+    key = await adb(login_session_key)("alice")
+    client, hello = await connect("test", session_key=key)
+    assert hello["can_place"] is False
+    settings = await receive_type(client, "canvas")
+    assert settings["open"] is False and settings["width"] == 32
+    await send(client, {"type": "place", "x": 1, "y": 1, "color": 1})
+    assert (await receive_type(client, "rejected"))["code"] == "canvas_closed"
+    await client.disconnect()
+
+
 async def test_connection_row_lives_exactly_as_long_as_the_socket(
     canvas, player_session
 ):

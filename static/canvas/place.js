@@ -313,6 +313,9 @@
   // ---- cooldown, with an opt-in notification and beep when it ends ----
   let cooldownEnds = 0;
   let canPlace = false;
+  let identified = false; // hello named a player (signed in, or anonymous play)
+  let banned = false;     // a `banned` message or a `banned` refusal
+  let paused = false;     // the canvas is paused by the moderators
   let wasWaiting = false;
   function setCooldown(seconds) {
     cooldownEnds = Date.now() + Math.max(0, seconds) * 1000;
@@ -326,7 +329,9 @@
     const left = Math.max(0, cooldownEnds - Date.now());
     cooldownEl.classList.toggle('ready', canPlace && left <= 0);
     if (!canPlace) {
-      cooldownEl.textContent = config.requireLogin && !config.player ? 'Log in to place' : 'Watching';
+      if (banned) cooldownEl.textContent = 'Banned';
+      else if (paused) cooldownEl.textContent = 'Paused';
+      else cooldownEl.textContent = config.requireLogin && !config.player ? 'Log in to place' : 'Watching';
       document.title = baseTitle;
     } else if (left <= 0) {
       cooldownEl.textContent = 'Ready';
@@ -427,6 +432,8 @@
         attempts = 0;
         setStatus('live', 'live');
         canPlace = msg.can_place;
+        identified = msg.user !== null;
+        banned = false; paused = false; // a `banned` or `canvas` message follows if not
         setCooldown(msg.cooldown_remaining);
         // After a reconnect anything may have been missed: resync from a snapshot.
         buffer = [];
@@ -440,13 +447,22 @@
         break;
       case 'rejected':
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
+        if (msg.code === 'banned') { banned = true; canPlace = false; tickCooldown(); }
+        if (msg.code === 'canvas_closed') { paused = true; canPlace = false; tickCooldown(); }
         showMessage(rejection(msg));
         break;
       case 'online':
         onlineEl.textContent = msg.count + ' online';
         break;
       case 'canvas':
-        if (msg.open === false) showMessage('The canvas is paused by the moderators.', 'info');
+        if (msg.open === false) {
+          paused = true; canPlace = false;
+          showMessage('The canvas is paused by the moderators.', 'info');
+        } else if (msg.open === true && paused) {
+          paused = false; canPlace = identified && !banned;
+          showMessage('The canvas is open again.', 'info');
+        }
+        tickCooldown();
         if (msg.width !== undefined && (msg.width !== width || msg.height !== height)) {
           // Resized: take the new shape now (a same-area resize has the same
           // byte count, so the fetch alone would not notice), then fetch it whole.
@@ -456,6 +472,13 @@
           loadBoard(true);
         }
         break;
+      case 'banned':
+        banned = true; canPlace = false; tickCooldown();
+        const until = new Date(msg.until);
+        showMessage('You are banned from placing pixels ' +
+          (until.getFullYear() >= 9999 ? 'for good' : 'until ' + until.toLocaleString()) +
+          (msg.reason ? ' (' + msg.reason + ').' : '.'));
+        break;
       default:
         break; // unknown types are for newer clients
     }
@@ -464,7 +487,9 @@
   function place(x, y) {
     if (selected === null) { showMessage('Pick a colour first.', 'info'); return; }
     if (!canPlace) {
-      showMessage(config.requireLogin ? 'Log in or sign up to place pixels.' : 'Connecting…', 'info');
+      if (banned) showMessage('You are banned from placing pixels.');
+      else if (paused) showMessage('The canvas is paused by the moderators.', 'info');
+      else showMessage(config.requireLogin ? 'Log in or sign up to place pixels.' : 'Connecting…', 'info');
       return;
     }
     if (!socket || socket.readyState !== WebSocket.OPEN) {
