@@ -44,12 +44,18 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
+# Larger than any canvas side or palette; what bigger numbers are clamped to.
+INT_BOUND = 2**31 - 1
+
+
 def _int_field(message: dict, field: str) -> int:
     value = message.get(field)
     # bool is a subclass of int in Python, but `true` is not a coordinate.
     if type(value) is not int:
         raise ProtocolError(exc.MSG_BAD_FIELD.format(field=field))
-    return value
+    # Still refused as outside the canvas or palette, but a 400-digit number
+    # goes no further (logs, metrics) than this bound.
+    return max(-1, min(value, INT_BOUND))
 
 
 def parse_client_message(text: str) -> PlaceRequest:

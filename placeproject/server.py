@@ -98,6 +98,13 @@ class PlaceServer(Server):
         self.due: list = []
         self.due_order = itertools.count()
 
+    def listen_success(self, port) -> None:
+        # Autobahn fails a bad frame (invalid UTF-8, a protocol error) by
+        # dropping the TCP connection; send the close code (1007, 1002) first,
+        # so the client learns why. The factory exists once we listen.
+        self.ws_factory.setProtocolOptions(failByDrop=False)
+        super().listen_success(port)
+
     # -- connections come and go
 
     def protocol_connected(self, protocol) -> None:

@@ -87,3 +87,13 @@ def test_frames_are_compact_json_with_the_contract_fields():
         "message": "m",
         "retry_after": 0.0,
     }
+
+
+def test_numbers_far_outside_any_canvas_are_clamped_not_carried():
+    huge = "1" + "0" * 400
+    request = protocol.parse_client_message(
+        f'{{"type": "place", "x": {huge}, "y": -{huge}, "color": {huge}}}'
+    )
+    assert request == protocol.PlaceRequest(
+        x=protocol.INT_BOUND, y=-1, color=protocol.INT_BOUND
+    )

@@ -269,3 +269,29 @@ def test_an_upgraded_request_is_let_go_by_its_http_channel(server):
     server.protocol_connected(request)
     server.protocol_disconnected(request)
     assert channel.requests == []
+
+
+@pytest.mark.live
+def test_the_launcher_closes_a_socket_that_sends_invalid_utf8_with_1007(tmp_path):
+    stack = make_stack(tmp_path, servers=0)
+    try:
+        server = stack.start_server(None)
+
+        async def send_bad_text() -> bytes:
+            reader, writer = await _raw_socket(server.port)
+            payload, mask = b'{"type": "place", "x": \xff}', b"\x01\x02\x03\x04"
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+            data = b""
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                data += chunk
+                if any(op == 0x8 for op, _ in _frames(data)):
+                    break
+            writer.close()
+            return data
+
+        data = asyncio.run(send_bad_text())
+    finally:
+        stack.stop()
+    closes = [body for op, body in _frames(data) if op == 0x8]
+    assert closes and struct.unpack("!H", closes[0][:2])[0] == 1007
