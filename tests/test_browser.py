@@ -569,6 +569,48 @@ def place_live(server, slug: str, pixels: list[tuple[int, int, int]]) -> None:
     run_async(paint())
 
 
+def set_open(stack, slug: str, is_open: bool) -> None:
+    stack.manage(
+        "shell",
+        "-c",
+        "from canvas import moderation, selectors;"
+        f"c = selectors.canvas_get(slug={slug!r});"
+        f"moderation.canvas_set_open(canvas_id=c.pk, is_open={is_open}, reason='test')",
+    )
+
+
+def test_a_paused_canvas_shows_paused_and_refuses_clicks_until_resumed(
+    stack, open_page
+):
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "pause", "--width", "32", "--height", "32")
+    page = open_page(f"{url}/c/pause/?x=16&y=16&z=8")
+    cooldown = page.locator('[data-role="cooldown"]')
+    assert "ready" in cooldown.inner_text().lower()
+    set_open(stack, "pause", False)
+    page.wait_for_function(
+        "el => /paused/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    # A page opened while paused says so at once (the message after hello).
+    late = open_page(f"{url}/c/pause/?x=16&y=16&z=8")
+    late_cooldown = late.locator('[data-role="cooldown"]')
+    late.wait_for_function(
+        "el => /paused/i.test(el.textContent)", arg=late_cooldown.element_handle()
+    )
+    late.locator('[data-color="5"]').click()
+    click_pixel(late, 3, 3)
+    set_open(stack, "pause", True)
+    late.wait_for_function(
+        "el => /ready/i.test(el.textContent)", arg=late_cooldown.element_handle()
+    )
+    assert board_bytes(url, "pause")[3 * 32 + 3] == 0  # the paused click placed nothing
+    click_pixel(late, 4, 3)
+    late.wait_for_function(
+        "el => !/ready/i.test(el.textContent)", arg=late_cooldown.element_handle()
+    )
+    assert board_bytes(url, "pause")[3 * 32 + 4] == 5
+
+
 def test_after_a_server_restart_the_page_reconnects_and_matches_the_board(
     tmp_path, open_page, errors
 ):
