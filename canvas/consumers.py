@@ -2,6 +2,8 @@
 
 import logging
 import uuid
+from datetime import datetime
+from typing import NamedTuple
 
 from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
@@ -15,6 +17,7 @@ from . import exceptions as exc
 from . import ingest, protocol, selectors, services, sockets
 from .clientip import scope_ip
 from .hub import SERVER_ID, registry
+from .models import Canvas
 from .ratelimit import FloodDetector, TokenBucket
 
 log = logging.getLogger("canvas.consumer")
@@ -94,8 +97,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             log.warning("database unavailable during connect")
             await self.close(code=1011)
             return
-        canvas, self.session_key, self.player_id, self.player_name = identity[:4]
-        remaining, ban = identity[4:]
+        canvas = identity.canvas
+        self.session_key = identity.session_key
+        self.player_id, self.player_name = identity.player_id, identity.player_name
         # Everything the socket needs from its request is read: drop it rather
         # than keep about a kilobyte per idle socket. The list is emptied in
         # place because daphne's protocol holds the same list; nothing reads
@@ -127,29 +131,35 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             return
         self.hub = hub
         seq = self.hub.join(self)
+        # The settings the hub will compare later changes against, read with
+        # no await after the join: a pause or resume that the hub has not yet
+        # seen reaches this socket as a `canvas` frame like everyone else's.
+        cooldown, is_open, width, height = self.hub.settings or (
+            canvas.cooldown_seconds,
+            canvas.is_open,
+            canvas.width,
+            canvas.height,
+        )
         await self.send(
             text_data=protocol.hello_frame(
                 seq=seq,
-                cooldown_seconds=canvas.cooldown_seconds,
-                cooldown_remaining=remaining,
+                cooldown_seconds=cooldown,
+                cooldown_remaining=identity.cooldown_remaining,
                 can_place=(
-                    self.player_id is not None and ban is None and canvas.is_open
+                    self.player_id is not None and identity.ban is None and is_open
                 ),
                 user=self.player_name,
             )
         )
         # Why a player may not place, for the page to say so before a click.
-        if not canvas.is_open:
+        if not is_open:
             await self.send(
                 text_data=protocol.canvas_frame(
-                    cooldown_seconds=canvas.cooldown_seconds,
-                    open_=False,
-                    width=canvas.width,
-                    height=canvas.height,
+                    cooldown_seconds=cooldown, open_=False, width=width, height=height
                 )
             )
-        if ban is not None:
-            until, reason = ban
+        if identity.ban is not None:
+            until, reason = identity.ban
             await self.send(text_data=protocol.banned_frame(until=until, reason=reason))
         self.ready = True
         for frame in self.backlog:
@@ -273,7 +283,16 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         )
 
 
-def _identify(slug: str, session_key: str | None):
+class Identity(NamedTuple):
+    canvas: Canvas
+    session_key: str | None
+    player_id: int | None
+    player_name: str | None
+    cooldown_remaining: float
+    ban: tuple[datetime, str] | None  # (until, reason) while banned
+
+
+def _identify(slug: str, session_key: str | None) -> Identity:
     """Canvas, live session, player, cooldown and ban for a new socket (in a thread).
 
     Only a live session counts from here on: an expired one is no session.
@@ -287,7 +306,7 @@ def _identify(slug: str, session_key: str | None):
     ban = None
     if player is not None and player.is_banned():
         ban = (player.banned_until, player.ban_reason)
-    return canvas, session_key, player_id, name, remaining, ban
+    return Identity(canvas, session_key, player_id, name, remaining, ban)
 
 
 def _connection_allowed(ip: str | None) -> bool:

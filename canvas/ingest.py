@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Q
+from django.db.models import BooleanField, Count, Q
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -116,7 +117,7 @@ def _players_screen(
         return set(), set(), {}
     table = connection.ops.quote_name(Player._meta.db_table)
     where, params = sql_in(f"{table}.id", ids)
-    rows = Player.objects.extra(where=[where], params=params)
+    rows = Player.objects.filter(RawSQL(where, params, output_field=BooleanField()))
     # One round trip in the usual case: counts first, ids only if any is off.
     counts = rows.aggregate(
         known=Count("pk"), banned=Count("pk", filter=Q(banned_until__gt=now))

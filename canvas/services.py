@@ -191,7 +191,7 @@ def seqs_allocate(*, canvas_id: int, count: int) -> int:
     """
     table = connection.ops.quote_name(Canvas._meta.db_table)
     with connection.cursor() as cursor:
-        # One round trip (both databases know RETURNING), while others wait.
+        # One round trip while others wait (RETURNING: SQLite 3.35+, as ingest).
         cursor.execute(
             f"UPDATE {table} SET seq = seq + %s WHERE id = %s RETURNING seq",
             [count, canvas_id],
@@ -328,7 +328,7 @@ def _ip_quota_take(*, canvas: Canvas, ip: str | None, now: datetime) -> None:
     raise exc.PlaceError("rate_limited", exc.MSG_IP_LIMIT, retry_after=retry)
 
 
-def _account_age_check(*, player: Player, now: datetime) -> None:
+def _player_age_check(*, player: Player, now: datetime) -> None:
     created = player.user.date_joined if player.user_id else player.created_at
     account_age_check(created=created, now=now)
 
@@ -392,7 +392,7 @@ def placement_create(
         )
         placement_validate(canvas=canvas, player=player, x=x, y=y, color=color)
         now = timezone.now()
-        _account_age_check(player=player, now=now)
+        _player_age_check(player=player, now=now)
         _cooldown_take(canvas=canvas, player_id=player.pk, now=now)
         _ip_quota_take(canvas=canvas, ip=ip, now=now)
         seq = seqs_allocate(canvas_id=canvas_id, count=1)

@@ -25,9 +25,9 @@ def sql_in(column: str, ids: list[int]) -> tuple[str, list]:
 
 
 def int_array(values) -> str:
-    """A PostgreSQL array literal of integers: far cheaper to send than a list
-    (psycopg dumps a list element by element in Python)."""
-    return "{" + ",".join(map(str, values)) + "}"
+    """A PostgreSQL array literal of integers (None: NULL): far cheaper to send
+    than a list, which psycopg dumps element by element in Python."""
+    return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
 
 
 @contextmanager

@@ -248,8 +248,13 @@ def login_page(request: HttpRequest) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     """Sign-up, limited to PLACE_SIGNUP_LIMIT new accounts per address per window.
 
-    Only accounts made count: a typo in the confirmation costs nothing.
+    A typo does not use up that allowance; but every form sent counts against
+    the log-in limit's numbers, so nobody probes usernames or runs the password
+    validators without end.
     """
+    limit, window = settings.PLACE_LOGIN_LIMIT, settings.PLACE_LOGIN_WINDOW
+    if not _attempts_allowed(request, "signup-form", limit, window):
+        return _too_many(request, "registration/signup.html", SignupForm())
     if request.method == "POST":
         form = SignupForm(request.POST)
         if form.is_valid():

@@ -611,6 +611,41 @@ def test_a_paused_canvas_shows_paused_and_refuses_clicks_until_resumed(
     assert board_bytes(url, "pause")[3 * 32 + 4] == 5
 
 
+def set_ban(stack, name: str, hours: int) -> None:
+    stack.manage(
+        "shell",
+        "-c",
+        "from datetime import timedelta; from django.utils import timezone;"
+        "from canvas.models import Player;"
+        f"Player.objects.filter(name={name!r}).update(banned_until=timezone.now()"
+        f" + timedelta(hours={hours}), ban_reason='spam')",
+    )
+
+
+def test_a_banned_player_sees_it_at_once_and_can_place_again_once_unbanned(
+    stack, open_page
+):
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "ban", "--width", "32", "--height", "32")
+    page = open_page(f"{url}/c/ban/?x=16&y=16&z=8")
+    name = page.locator(".who").inner_text()
+    set_ban(stack, name, 2)
+    page.reload()
+    wait_live(page)
+    cooldown = page.locator('[data-role="cooldown"]')
+    page.wait_for_function(
+        "el => /banned/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    assert "(spam)" in page.locator('[data-role="message"]').inner_text()
+    set_ban(stack, name, -1)  # the ban ended while the page stayed open
+    page.locator('[data-color="5"]').click()
+    click_pixel(page, 3, 3)
+    page.wait_for_function(
+        "el => /^\\d+:\\d\\d$/.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    assert board_bytes(url, "ban")[3 * 32 + 3] == 5
+
+
 def test_after_a_server_restart_the_page_reconnects_and_matches_the_board(
     tmp_path, open_page, errors
 ):

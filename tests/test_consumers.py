@@ -263,6 +263,27 @@ async def test_a_paused_canvas_says_so_after_hello(canvas):
     await client.disconnect()
 
 
+async def test_hello_follows_the_hubs_settings_not_its_own_earlier_read(
+    canvas, monkeypatch
+):
+    """A resume that lands between a socket's canvas read and its join: the hub
+    has seen it and will not announce it again, so hello must not say paused."""
+    import copy
+
+    from canvas import selectors
+
+    first, _ = await connect("test", session_key=await adb(login_session_key)("a"))
+    stale = copy.copy(canvas)
+    stale.is_open = False
+    monkeypatch.setattr(selectors, "canvas_get", lambda slug: stale)
+    second, hello = await connect("test", session_key=await adb(login_session_key)("b"))
+    assert hello["can_place"] is True
+    following = json.loads(await second.receive_from(timeout=5))
+    assert following["type"] == "online"  # no `canvas` saying paused
+    await first.disconnect()
+    await second.disconnect()
+
+
 async def test_connection_row_lives_exactly_as_long_as_the_socket(
     canvas, player_session
 ):

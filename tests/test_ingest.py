@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError, OperationalError, transaction
 from django.utils import timezone
 
 from canvas import exceptions as exc
@@ -126,6 +126,45 @@ async def test_without_an_age_minimum_new_accounts_place_at_once(canvas):
     )
     codes = [getattr(r, "code", "ok") for r in results]
     assert codes == ["banned", "ok", "login_required", "ok", "ok"]
+
+
+def refusal_by_one_placement(canvas, request) -> str:
+    try:
+        with transaction.atomic():
+            services.placement_create(
+                canvas_id=canvas.pk,
+                player_id=request.player_id,
+                x=request.x,
+                y=request.y,
+                color=request.color,
+            )
+            raise transaction.TransactionManagementError  # keep nothing
+    except exc.PlaceError as error:
+        return error.code
+    except transaction.TransactionManagementError:
+        return "ok"
+
+
+@pytest.mark.parametrize("is_open", [True, False])
+async def test_a_batch_refuses_exactly_as_one_placement_would(
+    make_canvas, settings, is_open
+):
+    settings.PLACE_MIN_ACCOUNT_AGE = 3600
+    canvas = await adb(make_canvas)(slug="same", width=8, height=8, cooldown=0)
+    await adb(type(canvas).objects.filter(pk=canvas.pk).update)(is_open=is_open)
+    await adb(canvas.refresh_from_db)()
+    ids = await adb(players_of_every_kind)(timezone.now())
+    requests = [
+        ingest.PlaceRequest(canvas.pk, player, x, 0, color)
+        for player in [None, *ids]
+        for x, color in [(1, 1), (8, 1), (1, 16), (-1, -1)]
+    ]
+    expected = [await adb(refusal_by_one_placement)(canvas, r) for r in requests]
+    results = await submit_all(requests)
+    # Each player has one valid request, so no cooldown within the batch.
+    codes = [getattr(r, "code", "ok") for r in results]
+    assert codes == expected
+    assert "ok" in codes if is_open else "canvas_closed" in codes
 
 
 async def test_cooldown_still_holds_across_batches(canvas):

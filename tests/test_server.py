@@ -5,6 +5,7 @@ reactor; the live ones run `python -m placeproject.server` and watch a socket.
 """
 
 import asyncio
+import json
 import logging
 import struct
 
@@ -272,26 +273,31 @@ def test_an_upgraded_request_is_let_go_by_its_http_channel(server):
 
 
 @pytest.mark.live
-def test_the_launcher_closes_a_socket_that_sends_invalid_utf8_with_1007(tmp_path):
+def test_the_launcher_closes_bad_frames_with_1007_or_1002_and_no_reply(tmp_path):
     stack = make_stack(tmp_path, servers=0)
     try:
         server = stack.start_server(None)
 
-        async def send_bad_text() -> bytes:
+        async def send_bad(first_byte: int, payload: bytes) -> list[tuple]:
             reader, writer = await _raw_socket(server.port)
-            payload, mask = b'{"type": "place", "x": \xff}', b"\x01\x02\x03\x04"
+            mask = b"\x01\x02\x03\x04"
             masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+            writer.write(bytes([first_byte, 0x80 | len(payload)]) + mask + masked)
             data = b""
             while chunk := await asyncio.wait_for(reader.read(65536), 10):
                 data += chunk
                 if any(op == 0x8 for op, _ in _frames(data)):
                     break
             writer.close()
-            return data
+            return _frames(data)
 
-        data = asyncio.run(send_bad_text())
+        place = b'{"type": "place", "x": 1, "y": 1, "color": 1}'
+        not_utf8 = asyncio.run(send_bad(0x81, b'{"type": "place", "x": \xff}'))
+        reserved_bit = asyncio.run(send_bad(0xC1, place))  # RSV1, no extension
     finally:
         stack.stop()
-    closes = [body for op, body in _frames(data) if op == 0x8]
-    assert closes and struct.unpack("!H", closes[0][:2])[0] == 1007
+    for frames, code in [(not_utf8, 1007), (reserved_bit, 1002)]:
+        texts = [json.loads(body)["type"] for op, body in frames if op == 0x1]
+        closes = [body for op, body in frames if op == 0x8]
+        assert set(texts) <= {"hello", "online"}  # the bad frame got no answer
+        assert closes and struct.unpack("!H", closes[0][:2])[0] == code

@@ -5,7 +5,7 @@ from django.db import DatabaseError, connection, transaction
 
 from canvas import services
 from canvas.models import Chunk
-from canvas.sql import binding_cursor
+from canvas.sql import binding_cursor, int_array
 
 pytestmark = pytest.mark.django_db
 
@@ -52,3 +52,10 @@ def test_a_failed_chunk_write_rolls_back_and_the_connection_goes_on(make_canvas)
         canvas_id=canvas.pk, chunks={(0, 0): bytearray(b"\x02" * 4096)}
     )
     assert bytes(Chunk.objects.get(canvas=canvas, cx=0, cy=0).data)[:1] == b"\x02"
+
+
+def test_int_array_is_a_literal_of_integers_and_nulls_only():
+    assert int_array([1, None, -3]) == "{1,NULL,-3}"
+    assert int_array([]) == "{}"
+    with pytest.raises(ValueError):
+        int_array(["1}; DROP TABLE canvas_player; --"])

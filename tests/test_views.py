@@ -208,6 +208,14 @@ def test_signup_page_does_not_require_the_confirmation(client, db):
     assert "required" not in confirmation
 
 
+def test_signup_forms_with_errors_are_limited_like_log_ins(client, db, settings):
+    settings.PLACE_LOGIN_LIMIT = 3
+    taken = {"username": "x", "password": "a-long-pass-123", "password2": "y"}
+    for _ in range(3):
+        assert client.post("/accounts/signup/", taken).status_code == 200
+    assert client.post("/accounts/signup/", taken).status_code == 429
+
+
 def test_signup_rate_limit_counts_accounts_made_not_typos(client, db, settings):
     settings.PLACE_SIGNUP_LIMIT = 1
     for _ in range(3):

@@ -312,10 +312,12 @@
 
   // ---- cooldown, with an opt-in notification and beep when it ends ----
   let cooldownEnds = 0;
-  let canPlace = false;
+  // `banned` and `paused` only change what the page shows: clicks still go to
+  // the server, which decides (a ban may have ended, a resume crossed a refusal).
   let identified = false; // hello named a player (signed in, or anonymous play)
-  let banned = false;     // a `banned` message or a `banned` refusal
-  let paused = false;     // the canvas is paused by the moderators
+  let banned = false;     // a `banned` message or refusal, until `until` or an accept
+  let paused = false;     // a `canvas` message or refusal, until open again or an accept
+  let bannedTimer = null;
   let wasWaiting = false;
   function setCooldown(seconds) {
     cooldownEnds = Date.now() + Math.max(0, seconds) * 1000;
@@ -327,11 +329,11 @@
   }
   function tickCooldown() {
     const left = Math.max(0, cooldownEnds - Date.now());
-    cooldownEl.classList.toggle('ready', canPlace && left <= 0);
-    if (!canPlace) {
-      if (banned) cooldownEl.textContent = 'Banned';
-      else if (paused) cooldownEl.textContent = 'Paused';
-      else cooldownEl.textContent = config.requireLogin && !config.player ? 'Log in to place' : 'Watching';
+    const free = identified && !banned && !paused;
+    cooldownEl.classList.toggle('ready', free && left <= 0);
+    if (!free) {
+      if (!identified) cooldownEl.textContent = config.requireLogin && !config.player ? 'Log in to place' : 'Watching';
+      else cooldownEl.textContent = banned ? 'Banned' : 'Paused';
       document.title = baseTitle;
     } else if (left <= 0) {
       cooldownEl.textContent = 'Ready';
@@ -341,9 +343,17 @@
       cooldownEl.textContent = clock(left);
       document.title = '(' + clock(left) + ') ' + baseTitle;
     }
-    wasWaiting = canPlace && left > 0;
+    wasWaiting = free && left > 0;
   }
   setInterval(tickCooldown, 250);
+  function setBanned(on, until) {
+    banned = on;
+    clearTimeout(bannedTimer);
+    const ms = on && until ? until.getTime() - Date.now() : -1;
+    // The ban ends by itself (setTimeout cannot wait past about 24 days).
+    if (ms > 0 && ms < 2147483647) bannedTimer = setTimeout(() => setBanned(false), ms);
+    tickCooldown();
+  }
 
   let alerts = localStorage.getItem('place:alerts') === 'on';
   let audio = null;
@@ -431,9 +441,9 @@
       case 'hello':
         attempts = 0;
         setStatus('live', 'live');
-        canPlace = msg.can_place;
+        // can_place false with a user: a `banned` or `canvas` message says why.
         identified = msg.user !== null;
-        banned = false; paused = false; // a `banned` or `canvas` message follows if not
+        setBanned(false); paused = false;
         setCooldown(msg.cooldown_remaining);
         // After a reconnect anything may have been missed: resync from a snapshot.
         buffer = [];
@@ -443,25 +453,25 @@
         applyUpdates(msg.updates);
         break;
       case 'accepted':
+        setBanned(false); paused = false;
         setCooldown(msg.cooldown_remaining);
         break;
       case 'rejected':
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
-        if (msg.code === 'banned') { banned = true; canPlace = false; tickCooldown(); }
-        if (msg.code === 'canvas_closed') { paused = true; canPlace = false; tickCooldown(); }
+        if (msg.code === 'banned') setBanned(true);
+        if (msg.code === 'canvas_closed') { paused = true; tickCooldown(); }
         showMessage(rejection(msg));
         break;
       case 'online':
         onlineEl.textContent = msg.count + ' online';
         break;
       case 'canvas':
-        if (msg.open === false) {
-          paused = true; canPlace = false;
+        if (msg.open === false && !paused) {
           showMessage('The canvas is paused by the moderators.', 'info');
         } else if (msg.open === true && paused) {
-          paused = false; canPlace = identified && !banned;
           showMessage('The canvas is open again.', 'info');
         }
+        if (msg.open !== undefined) paused = !msg.open;
         tickCooldown();
         if (msg.width !== undefined && (msg.width !== width || msg.height !== height)) {
           // Resized: take the new shape now (a same-area resize has the same
@@ -472,13 +482,14 @@
           loadBoard(true);
         }
         break;
-      case 'banned':
-        banned = true; canPlace = false; tickCooldown();
+      case 'banned': {
         const until = new Date(msg.until);
+        setBanned(true, until);
         showMessage('You are banned from placing pixels ' +
-          (until.getFullYear() >= 9999 ? 'for good' : 'until ' + until.toLocaleString()) +
+          (until.getUTCFullYear() >= 9999 ? 'for good' : 'until ' + until.toLocaleString()) +
           (msg.reason ? ' (' + msg.reason + ').' : '.'));
         break;
+      }
       default:
         break; // unknown types are for newer clients
     }
@@ -486,10 +497,8 @@
 
   function place(x, y) {
     if (selected === null) { showMessage('Pick a colour first.', 'info'); return; }
-    if (!canPlace) {
-      if (banned) showMessage('You are banned from placing pixels.');
-      else if (paused) showMessage('The canvas is paused by the moderators.', 'info');
-      else showMessage(config.requireLogin ? 'Log in or sign up to place pixels.' : 'Connecting…', 'info');
+    if (!identified) {
+      showMessage(config.requireLogin ? 'Log in or sign up to place pixels.' : 'Connecting…', 'info');
       return;
     }
     if (!socket || socket.readyState !== WebSocket.OPEN) {
