@@ -579,6 +579,18 @@ def set_open(stack, slug: str, is_open: bool) -> None:
     )
 
 
+def set_ban(stack, name: str, hours: int) -> None:
+    """Ban `name` for `hours` from now (negative: a ban that has ended)."""
+    stack.manage(
+        "shell",
+        "-c",
+        "from datetime import timedelta; from django.utils import timezone;"
+        "from canvas.models import Player;"
+        f"Player.objects.filter(name={name!r}).update(banned_until=timezone.now()"
+        f" + timedelta(hours={hours}), ban_reason='spam')",
+    )
+
+
 def test_a_paused_canvas_shows_paused_and_refuses_clicks_until_resumed(
     stack, open_page
 ):
@@ -609,17 +621,6 @@ def test_a_paused_canvas_shows_paused_and_refuses_clicks_until_resumed(
         "el => !/ready/i.test(el.textContent)", arg=late_cooldown.element_handle()
     )
     assert board_bytes(url, "pause")[3 * 32 + 4] == 5
-
-
-def set_ban(stack, name: str, hours: int) -> None:
-    stack.manage(
-        "shell",
-        "-c",
-        "from datetime import timedelta; from django.utils import timezone;"
-        "from canvas.models import Player;"
-        f"Player.objects.filter(name={name!r}).update(banned_until=timezone.now()"
-        f" + timedelta(hours={hours}), ban_reason='spam')",
-    )
 
 
 def test_a_banned_player_sees_it_at_once_and_can_place_again_once_unbanned(
