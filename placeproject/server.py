@@ -42,6 +42,8 @@ logger = logging.getLogger("daphne.server")
 # timeouts every two.
 REAP_SECONDS = 1.0
 TIMEOUT_SECONDS = 2.0
+# How long a closed socket may take to hand its last bytes to a slow reader.
+LINGER_SECONDS = 10.0
 
 
 class Inbox:
@@ -88,6 +90,21 @@ class Inbox:
                     return
 
 
+class PlaceWebSocketProtocol(WebSocketProtocol):
+    def _closeConnection(self, abort: bool = False) -> None:
+        super()._closeConnection(abort)
+        if not abort:
+            # A graceful close waits until the peer has taken what is still
+            # buffered; a peer that never reads would keep the socket (and up
+            # to PLACE_SLOW_CLIENT_BYTES of frames) for as long as it likes.
+            reactor.callLater(LINGER_SECONDS, _abort_if_connected, self.transport)
+
+
+def _abort_if_connected(transport) -> None:
+    if transport is not None and transport.connected:
+        transport.abortConnection()
+
+
 class PlaceServer(Server):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -101,8 +118,10 @@ class PlaceServer(Server):
     def listen_success(self, port) -> None:
         # Autobahn fails a bad frame (invalid UTF-8, a protocol error) by
         # dropping the TCP connection; send the close code (1007, 1002) first,
-        # so the client learns why. The factory exists once we listen.
+        # so the client learns why, and cut off every graceful close that
+        # lingers (PlaceWebSocketProtocol). The factory exists once we listen.
         self.ws_factory.setProtocolOptions(failByDrop=False)
+        self.ws_factory.protocol = PlaceWebSocketProtocol
         super().listen_success(port)
 
     # -- connections come and go

@@ -22,7 +22,7 @@ class Reactor:
         self.calls: list = []
 
     def callLater(self, delay, fn, *args):  # noqa: N802 (twisted's name)
-        self.calls.append((delay, fn))
+        self.calls.append((delay, fn, *args))
 
 
 class Socket(WebSocketProtocol):
@@ -150,6 +150,33 @@ async def test_an_application_error_is_logged_and_closes_its_socket(server, capl
         server.application_checker()
     assert "Exception inside application: boom" in caplog.text
     assert [str(e) for e in socket.errors] == ["boom"]
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.connected, self.lost, self.aborted = 1, False, False
+
+    def loseConnection(self) -> None:  # noqa: N802 (twisted's name)
+        self.lost = True  # waits for the peer to read what is buffered
+
+    def abortConnection(self) -> None:  # noqa: N802
+        self.aborted, self.connected = True, 0
+
+
+@pytest.mark.parametrize("peer_reads", [False, True])
+def test_a_graceful_close_is_cut_off_if_the_peer_never_reads(monkeypatch, peer_reads):
+    reactor = Reactor()
+    monkeypatch.setattr(srv, "reactor", reactor)
+    protocol = srv.PlaceWebSocketProtocol()
+    protocol.transport = transport = Transport()
+    protocol._closeConnection(abort=False)
+    assert transport.lost and not transport.aborted
+    ((delay, fn, *args),) = reactor.calls
+    assert delay == srv.LINGER_SECONDS
+    if peer_reads:
+        transport.connected = 0  # the close completed meanwhile
+    fn(*args)
+    assert transport.aborted is (not peer_reads)
 
 
 # -- the launcher, live
