@@ -7,6 +7,7 @@ recorded, broadcast live and logged; no model here is edited directly.
 import base64
 from urllib.parse import urlencode
 
+from django import forms as django_forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -15,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
@@ -135,7 +137,7 @@ class CanvasAdmin(admin.ModelAdmin):
                         moderator_id=request.user.pk,
                     )
                     return self._done(request, action, canvas)
-        region_form = forms.RegionForm(request.GET or None)
+        region_form = forms.RegionForm(request.GET or None, canvas=canvas)
         region_src = None
         if region_form.is_valid():
             region_src = (
@@ -168,14 +170,11 @@ class CanvasAdmin(admin.ModelAdmin):
         """A region of the canvas as it was at `at`, reconstructed from history."""
         _require(request, "canvas.view_canvas")
         canvas = get_object_or_404(Canvas, pk=pk)
-        form = forms.RegionForm(request.GET)
+        form = forms.RegionForm(request.GET, canvas=canvas)
         if not form.is_valid():
             return HttpResponse(form.errors.as_text(), status=400)
-        data = form.cleaned_data
-        region = mod_selectors.region_clip(
-            canvas=canvas, region=(data["x0"], data["y0"], data["x1"], data["y1"])
-        )
-        at = data.get("at")
+        region = form.region()
+        at = form.cleaned_data.get("at")
         seq = mod_selectors.seq_at(canvas=canvas, at=at) if at else canvas.seq
         pixels = mod_selectors.region_at_seq(canvas=canvas, region=region, seq=seq)
         png = mod_selectors.region_png(canvas=canvas, region=region, data=pixels)
@@ -236,6 +235,7 @@ class PlacementAdmin(admin.ModelAdmin):
             (name, label, request.GET.get(name, ""))
             for name, label in self.RANGE_FIELDS
         ]
+        request.GET = self._range_cleaned(request)
         kept = [
             (key, value)
             for key, value in request.GET.items()
@@ -243,6 +243,44 @@ class PlacementAdmin(admin.ModelAdmin):
         ]
         extra = {"range_fields": fields, "kept_params": kept}
         return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    def _range_cleaned(self, request):
+        """The query with empty range boxes dropped and the rest parsed.
+
+        Django's changelist would answer any bad lookup value by showing the
+        whole history (`?e=1`); a value that is not understood is named in an
+        error instead and left out, so the list never looks filtered when it
+        is not.
+        """
+        query = request.GET.copy()
+        for name, label in self.RANGE_FIELDS:
+            raw = query.get(name, "").strip()
+            if not raw:
+                query.pop(name, None)
+                continue
+            field = (
+                django_forms.DateTimeField()
+                if name.startswith("placed_at")
+                else django_forms.IntegerField(min_value=0, max_value=10**6)
+            )
+            try:
+                value = field.clean(raw)
+            except django_forms.ValidationError:
+                query.pop(name)
+                self.message_user(
+                    request,
+                    f"“{label}” must be "
+                    + (
+                        "a time such as 2026-11-27 10:02:24 (UTC)"
+                        if name.startswith("placed_at")
+                        else "a whole number from 0"
+                    )
+                    + f"; “{raw}” is not, so that bound is not applied.",
+                    messages.ERROR,
+                )
+                continue
+            query[name] = value.isoformat() if hasattr(value, "isoformat") else value
+        return query
 
     @admin.display(description="player", ordering="player__name")
     def player_link(self, obj: Placement) -> str:
@@ -275,8 +313,14 @@ class PlacementAdmin(admin.ModelAdmin):
 class PlayerAdmin(admin.ModelAdmin):
     list_display = ["name", "user", "banned_until", "created_at", "history_link"]
     search_fields = ["name", "user__username"]
-    raw_id_fields = ["user"]
+    # Read-only: bans go through their own audited pages, and the session key
+    # is a live cookie (whoever sees it can place as that player).
+    exclude = ["session_key"]
     readonly_fields = [
+        "name",
+        "user",
+        "session",
+        "created_at",
         "banned_until",
         "ban_reason",
         "placements_count",
@@ -296,17 +340,21 @@ class PlayerAdmin(admin.ModelAdmin):
             obj.summary = mod_selectors.player_summary(player=obj)
         return obj
 
+    @admin.display(description="session")
+    def session(self, obj: Player) -> str:
+        return "anonymous (a browser session)" if obj.session_key else "-"
+
     @admin.display(description="placements")
     def placements_count(self, obj: Player) -> int:
         return obj.summary.placements
 
     @admin.display(description="first placement")
     def first_placement(self, obj: Player):
-        return obj.summary.first_placed_at or "-"
+        return _when(obj.summary.first_placed_at)
 
     @admin.display(description="last placement")
     def last_placement(self, obj: Player):
-        return obj.summary.last_placed_at or "-"
+        return _when(obj.summary.last_placed_at)
 
     @admin.display(description="bans")
     def bans(self, obj: Player) -> str:
@@ -340,16 +388,20 @@ class PlayerAdmin(admin.ModelAdmin):
         player = get_object_or_404(Player, pk=pk)
         form = forms.BanForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            action = moderation.player_ban(
-                player_id=player.pk,
-                reason=form.cleaned_data["reason"],
-                duration=form.duration(),
-                rollback_hours=form.cleaned_data.get("rollback_hours"),
-                moderator_id=request.user.pk,
-            )
-            _log(self, request, action, f"banned {player.name}")
-            self.message_user(request, f"{player.name} is banned.")
-            return redirect("admin:canvas_player_change", player.pk)
+            try:
+                action = moderation.player_ban(
+                    player_id=player.pk,
+                    reason=form.cleaned_data["reason"],
+                    duration=form.duration(),
+                    rollback_hours=form.cleaned_data.get("rollback_hours"),
+                    moderator_id=request.user.pk,
+                )
+            except moderation.ModerationError as error:
+                form.add_error(None, str(error))
+            else:
+                _log(self, request, action, f"banned {player.name}")
+                self.message_user(request, f"{player.name} is banned.")
+                return redirect("admin:canvas_player_change", player.pk)
         return _form_page(request, self, f"Ban {player.name}", form, "Ban")
 
     def unban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -377,6 +429,12 @@ def _form_page(request, model_admin, title: str, form, submit: str) -> HttpRespo
         "submit": submit,
     }
     return TemplateResponse(request, "admin/canvas/moderation_form.html", context)
+
+
+MSG_NOTHING_LEFT = (
+    "Nothing in this scope is left to roll back (none of it, or all of it is"
+    " rolled back already); nothing was done."
+)
 
 
 @admin.register(ModerationAction)
@@ -442,6 +500,11 @@ class ModerationActionAdmin(admin.ModelAdmin):
         scope = scope_form.scope()
         try:
             if request.method == "POST" and reason_form.is_valid():
+                # A rollback that marks nothing would still hold its scope
+                # rolled back, so undoing an earlier one would restore nothing.
+                left = moderation.rollback_preview(canvas=canvas, scope=scope)
+                if not left.placements:
+                    raise moderation.ModerationError(MSG_NOTHING_LEFT)
                 action = moderation.placements_rollback(
                     canvas_id=canvas.pk,
                     scope=scope,
@@ -531,3 +594,8 @@ class ConnectionAdmin(admin.ModelAdmin):
     ]
     list_filter = ["canvas", "server"]
     raw_id_fields = ["player"]
+
+
+def _when(moment) -> str:
+    """A time as the admin's lists show it (to the second, UTC), or "-"."""
+    return date_format(moment, "DATETIME_FORMAT") if moment else "-"

@@ -49,6 +49,11 @@ ADVISORY_LOCK = 0x706C6D64
 # A ban "forever" is a ban until this instant.
 BAN_FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
+# Bans and the rollback window that may come with them: up to a century.
+MAX_HOURS = 100 * 365 * 24
+MAX_HOURS_DELTA = timedelta(hours=MAX_HOURS)
+MSG_BAD_HOURS = f"Hours must be more than 0 and at most {MAX_HOURS}."
+MSG_BAD_COOLDOWN = "The cooldown must be between 0 seconds and a year."
 MSG_EMPTY_SCOPE = "Choose placements, players, a time window or a region."
 MSG_BAD_REGION = "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1."
 MSG_NOT_ROLLBACK = "Only a rollback can be undone."
@@ -133,9 +138,13 @@ def _scope_check(*, canvas: Canvas, scope: Scope) -> None:
     if scope.is_empty():
         raise ModerationError(MSG_EMPTY_SCOPE)
     if scope.region:
-        x0, y0, x1, y1 = scope.region
-        if not (0 <= x0 <= x1 < canvas.width and 0 <= y0 <= y1 < canvas.height):
-            raise ModerationError(MSG_BAD_REGION)
+        region_check(canvas=canvas, region=scope.region)
+
+
+def region_check(*, canvas: Canvas, region: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = region
+    if not (0 <= x0 <= x1 < canvas.width and 0 <= y0 <= y1 < canvas.height):
+        raise ModerationError(MSG_BAD_REGION)
 
 
 def _batches(*, pending: QuerySet) -> list[list[int]]:
@@ -564,6 +573,11 @@ def player_ban(
     """
     if not reason.strip():
         raise ModerationError(MSG_REASON_REQUIRED)
+    # Checked before anything is written: the rollback runs after the ban commits.
+    if duration is not None and not timedelta(0) < duration <= MAX_HOURS_DELTA:
+        raise ModerationError(MSG_BAD_HOURS)
+    if rollback_hours is not None and not 0 < rollback_hours <= MAX_HOURS:
+        raise ModerationError(MSG_BAD_HOURS)
     now = timezone.now()
     until = now + duration if duration else BAN_FOREVER
     with transaction.atomic():
@@ -641,8 +655,8 @@ def canvas_set_cooldown(
     """Change the cooldown; running cooldowns longer than the new one are shortened."""
     if not reason.strip():
         raise ModerationError(MSG_REASON_REQUIRED)
-    if cooldown_seconds < 0:
-        raise ModerationError("The cooldown must not be negative.")
+    if not 0 <= cooldown_seconds <= services.MAX_COOLDOWN:
+        raise ModerationError(MSG_BAD_COOLDOWN)
     now = timezone.now()
     with transaction.atomic():
         canvas = Canvas.objects.select_for_update().get(pk=canvas_id)

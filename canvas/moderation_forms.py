@@ -4,8 +4,12 @@ from datetime import timedelta
 
 from django import forms
 
+from . import services
 from .models import Canvas, Player
-from .moderation import Scope
+from .moderation import MAX_HOURS, ModerationError, Scope, region_check
+
+# Placement ids are PostgreSQL bigints; anything larger cannot name one.
+MAX_ID = 2**63 - 1
 
 REASON_HELP = "Kept with the action and shown in the moderation log."
 
@@ -31,8 +35,12 @@ class ScopeForm(forms.Form):
 
     def clean_ids(self) -> tuple[int, ...]:
         raw = self.cleaned_data["ids"].replace(",", " ").split()
-        if not all(part.isdigit() for part in raw):
-            raise forms.ValidationError("Placement ids are whole numbers.")
+        if not all(
+            part.isascii() and part.isdigit() and int(part) <= MAX_ID for part in raw
+        ):
+            raise forms.ValidationError(
+                f"Placement ids are whole numbers up to {MAX_ID}."
+            )
         return tuple(int(part) for part in raw)
 
     def clean_players(self) -> tuple[int, ...]:
@@ -64,11 +72,15 @@ class ScopeForm(forms.Form):
 
 class BanForm(ReasonForm):
     hours = forms.FloatField(
-        required=False, min_value=0.01, help_text="leave empty to ban for good"
+        required=False,
+        min_value=0.01,
+        max_value=MAX_HOURS,
+        help_text="leave empty to ban for good",
     )
     rollback_hours = forms.FloatField(
         required=False,
         min_value=0.01,
+        max_value=MAX_HOURS,
         help_text="also roll back their placements of the last N hours",
     )
 
@@ -78,14 +90,35 @@ class BanForm(ReasonForm):
 
 
 class CooldownForm(ReasonForm):
-    cooldown_seconds = forms.IntegerField(min_value=0)
+    cooldown_seconds = forms.IntegerField(min_value=0, max_value=services.MAX_COOLDOWN)
 
 
 class RegionForm(forms.Form):
-    """A region of a canvas at an instant, for a picture reconstructed from history."""
+    """A region of a canvas at an instant, for a picture reconstructed from history.
+
+    Bounds are checked as the rollback's are: inclusive, inside the canvas.
+    """
 
     x0 = forms.IntegerField(min_value=0)
     y0 = forms.IntegerField(min_value=0)
     x1 = forms.IntegerField(min_value=0)
     y1 = forms.IntegerField(min_value=0)
     at = forms.DateTimeField(required=False, help_text="UTC; empty: now")
+
+    def __init__(self, *args, canvas: Canvas, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.canvas = canvas
+
+    def clean(self) -> dict:
+        data = super().clean()
+        corners = [data.get(name) for name in ("x0", "y0", "x1", "y1")]
+        if None not in corners:
+            try:
+                region_check(canvas=self.canvas, region=tuple(corners))
+            except ModerationError as error:
+                raise forms.ValidationError(str(error)) from None
+        return data
+
+    def region(self) -> tuple[int, int, int, int]:
+        data = self.cleaned_data
+        return (data["x0"], data["y0"], data["x1"], data["y1"])

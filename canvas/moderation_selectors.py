@@ -21,19 +21,6 @@ class PlayerSummary:
     bans: list[ModerationAction]
 
 
-def region_clip(*, canvas: Canvas, region: Region) -> Region:
-    """The part of `region` inside the canvas, corners in order."""
-    x0, y0, x1, y1 = region
-    x0, x1 = sorted((x0, x1))
-    y0, y1 = sorted((y0, y1))
-    return (
-        max(0, x0),
-        max(0, y0),
-        min(canvas.width - 1, x1),
-        min(canvas.height - 1, y1),
-    )
-
-
 def board_region(*, canvas: Canvas, region: Region) -> bytes:
     """The current colours of a region, row-major, read from its chunks only."""
     x0, y0, x1, y1 = region

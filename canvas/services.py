@@ -26,6 +26,8 @@ from .models import (
 from .sql import binding_cursor, int_array, marks, slices
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# A year: beyond any sensible canvas, and far inside what dates can hold.
+MAX_COOLDOWN = 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ def canvas_create_or_update(
     for name, value in (("width", width), ("height", height)):
         if value is not None and not 1 <= value <= 10000:
             raise ValueError(f"{name} must be between 1 and 10000")
-    if cooldown_seconds is not None and cooldown_seconds < 0:
-        raise ValueError("cooldown must not be negative")
+    if cooldown_seconds is not None and not 0 <= cooldown_seconds <= MAX_COOLDOWN:
+        raise ValueError(f"cooldown must be between 0 and {MAX_COOLDOWN} seconds")
     with transaction.atomic():
         # Locked first, as placements lock it before their chunks: a resize
         # rewrites every chunk, and snapshots rely on that order.

@@ -174,6 +174,8 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
 LANGUAGE_CODE = "en-us"
+# Admin dates to the second (placeproject/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["placeproject.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -180,6 +180,13 @@ def test_canvas_size_must_be_sane(db, field):
     assert not Canvas.objects.filter(slug="bad").exists()
 
 
+@pytest.mark.parametrize("cooldown", [-1, services.MAX_COOLDOWN + 1, 10**14])
+def test_canvas_cooldown_must_be_sane(db, cooldown):
+    with pytest.raises(ValueError, match="cooldown must be between 0 and"):
+        services.canvas_create_or_update(slug="bad", cooldown_seconds=cooldown)
+    assert not Canvas.objects.filter(slug="bad").exists()
+
+
 def test_anonymous_session_players_get_a_generated_name(db, settings):
     from django.contrib.auth.models import AnonymousUser
 
