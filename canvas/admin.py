@@ -450,8 +450,10 @@ class ModerationActionAdmin(admin.ModelAdmin):
         "pixels_count",
         "undone_at",
     ]
+    list_display_links = ["created_at", "reason"]
     list_filter = ["kind", "canvas", "created_at"]
     search_fields = ["reason", "player__name", "moderator__username"]
+    readonly_fields = ["scope_described"]
     ordering = ["-created_at"]
     paginator = CappedPaginator
     show_full_result_count = False
@@ -465,6 +467,30 @@ class ModerationActionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="scope, in words")
+    def scope_described(self, obj: ModerationAction) -> str:
+        """The stored scope with players by name, for the audit trail."""
+        scope = obj.scope or {}
+        parts = []
+        if scope.get("player_ids"):
+            names = Player.objects.filter(pk__in=scope["player_ids"]).values_list(
+                "name", flat=True
+            )
+            parts.append("players " + ", ".join(sorted(names)))
+        if scope.get("placement_ids"):
+            parts.append(f"{len(scope['placement_ids'])} chosen placements")
+        if scope.get("region"):
+            x0, y0, x1, y1 = scope["region"]
+            parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
+        for key in ("since", "until"):
+            if scope.get(key) and obj.kind != ModerationAction.KIND_BAN:
+                parts.append(f"{key} {scope[key]}")
+        if obj.kind == ModerationAction.KIND_BAN:
+            parts.append(f"banned until {scope.get('until')}")
+            if scope.get("rollback_hours"):
+                parts.append(f"their last {scope['rollback_hours']} h rolled back")
+        return "; ".join(parts) or "-"
 
     def get_urls(self):
         view = self.admin_site.admin_view

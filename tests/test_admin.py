@@ -362,3 +362,20 @@ def test_a_form_error_is_shown_once(moderator, client, griefed):
     url = reverse("admin:canvas_moderationaction_rollback")
     response = client.get(url, {"canvas": canvas.pk})  # an empty scope
     assert response.content.decode().count("Choose placements, players") == 1
+
+
+def test_the_audit_entry_names_the_players_and_links_from_its_reason(
+    moderator, client, griefed
+):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    client.post(
+        url + f"?canvas={canvas.pk}&players=alice&x0=0&y0=0&x1=3&y1=2",
+        {"reason": "griefing"},
+    )
+    action = ModerationAction.objects.get()
+    page = client.get(reverse("admin:canvas_moderationaction_change", args=[action.pk]))
+    assert "players alice; region (0, 0) to (3, 2) inclusive" in page.content.decode()
+    listing = client.get(reverse("admin:canvas_moderationaction_changelist"))
+    change = reverse("admin:canvas_moderationaction_change", args=[action.pk])
+    assert f'<a href="{change}">griefing</a>' in listing.content.decode()
