@@ -569,6 +569,12 @@ class ModerationActionAdmin(admin.ModelAdmin):
                     f"undid {action}: {undo.placements_count} placements restored, "
                     f"{undo.pixels_count} pixels changed"
                 )
+                held = moderation.still_covered(action=action)
+                if held:
+                    message += "; still rolled back by " + ", ".join(
+                        f"rollback #{pk} ({count} placements)"
+                        for pk, count in sorted(held.items())
+                    )
                 _log(self, request, undo, message)
                 self.message_user(request, message)
                 return redirect("admin:canvas_moderationaction_change", undo.pk)

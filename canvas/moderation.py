@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -537,6 +537,21 @@ def rollback_undo(
         _undo_batch(action=action, undo=undo, ids=ids)
     undo.refresh_from_db()
     return undo
+
+
+def still_covered(*, action: ModerationAction) -> dict[int, int]:
+    """Placements of `action`'s scope that other rollbacks still hold, by rollback.
+
+    What an undo could not restore, and which rollback to undo for it.
+    """
+    rows = (
+        Placement.objects.filter(_rollback_q(action), rolled_back=True)
+        .exclude(rolled_back_by=action)
+        .exclude(rolled_back_by__isnull=True)
+        .values_list("rolled_back_by")
+        .annotate(count=Count("pk"))
+    )
+    return dict(rows)
 
 
 def _undo_batch(*, action: ModerationAction, undo: ModerationAction, ids: list) -> None:

@@ -379,3 +379,20 @@ def test_the_audit_entry_names_the_players_and_links_from_its_reason(
     listing = client.get(reverse("admin:canvas_moderationaction_changelist"))
     change = reverse("admin:canvas_moderationaction_change", args=[action.pk])
     assert f'<a href="{change}">griefing</a>' in listing.content.decode()
+
+
+def test_an_undo_names_the_rollback_that_still_holds_its_placements(
+    moderator, client, griefed
+):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    client.post(url + f"?canvas={canvas.pk}&players=alice", {"reason": "one"})
+    region = f"?canvas={canvas.pk}&x0=0&y0=0&x1=3&y1=2"
+    client.post(url + region, {"reason": "two"})  # bob's (1,1) besides
+    first, second = ModerationAction.objects.order_by("pk")
+    undo = reverse("admin:canvas_moderationaction_undo", args=[first.pk])
+    page = client.post(undo, {"reason": "oops"}, follow=True)
+    assert (
+        f"0 placements restored, 0 pixels changed; still rolled back by rollback"
+        f" #{second.pk} (2 placements)" in page.content.decode()
+    )
