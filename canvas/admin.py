@@ -400,6 +400,18 @@ class PlayerAdmin(admin.ModelAdmin):
                 form.add_error(None, str(error))
             else:
                 _log(self, request, action, f"banned {player.name}")
+                # The ban's own rollbacks (one per canvas) go in the log too.
+                for rollback in ModerationAction.objects.filter(
+                    kind=ModerationAction.KIND_ROLLBACK,
+                    player_id=player.pk,
+                    created_at__gte=action.created_at,
+                ):
+                    message = (
+                        f"rolled back {player.name}'s last "
+                        f"{form.cleaned_data['rollback_hours']} h: "
+                        f"{rollback.placements_count} placements"
+                    )
+                    _log(self, request, rollback, message)
                 self.message_user(request, f"{player.name} is banned.")
                 return redirect("admin:canvas_player_change", player.pk)
         return _form_page(request, self, f"Ban {player.name}", form, "Ban")

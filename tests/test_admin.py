@@ -166,6 +166,11 @@ def test_ban_and_unban_from_the_player_page(moderator, client, griefed):
     alice.refresh_from_db()
     assert alice.is_banned()
     assert Placement.objects.filter(player=alice, rolled_back=True).count() == 2
+    logged = LogEntry.objects.order_by("pk").values_list("change_message", flat=True)
+    assert [m.split(":")[0] for m in logged] == [
+        "banned alice",
+        "rolled back alice's last 1.0 h",
+    ]
     client.post(
         reverse("admin:canvas_player_unban", args=[alice.pk]), {"reason": "appeal"}
     )
