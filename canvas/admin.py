@@ -7,7 +7,6 @@ recorded, broadcast live and logged; no model here is edited directly.
 import base64
 from urllib.parse import urlencode
 
-from django import forms as django_forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -16,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
@@ -245,41 +245,9 @@ class PlacementAdmin(admin.ModelAdmin):
         return super().changelist_view(request, {**(extra_context or {}), **extra})
 
     def _range_cleaned(self, request):
-        """The query with empty range boxes dropped and the rest parsed.
-
-        Django's changelist would answer any bad lookup value by showing the
-        whole history (`?e=1`); a value that is not understood is named in an
-        error instead and left out, so the list never looks filtered when it
-        is not.
-        """
-        query = request.GET.copy()
-        for name, label in self.RANGE_FIELDS:
-            raw = query.get(name, "").strip()
-            if not raw:
-                query.pop(name, None)
-                continue
-            field = (
-                django_forms.DateTimeField()
-                if name.startswith("placed_at")
-                else django_forms.IntegerField(min_value=0, max_value=10**6)
-            )
-            try:
-                value = field.clean(raw)
-            except django_forms.ValidationError:
-                query.pop(name)
-                self.message_user(
-                    request,
-                    f"“{label}” must be "
-                    + (
-                        "a time such as 2026-11-27 10:02:24 (UTC)"
-                        if name.startswith("placed_at")
-                        else "a whole number from 0"
-                    )
-                    + f"; “{raw}” is not, so that bound is not applied.",
-                    messages.ERROR,
-                )
-                continue
-            query[name] = value.isoformat() if hasattr(value, "isoformat") else value
+        query, errors = forms.history_query(request.GET, self.RANGE_FIELDS)
+        for error in errors:
+            self.message_user(request, error, messages.ERROR)
         return query
 
     @admin.display(description="player", ordering="player__name")
@@ -363,7 +331,7 @@ class PlayerAdmin(admin.ModelAdmin):
         return format_html(
             "<br>".join(["{}"] * len(obj.summary.bans)),
             *[
-                f"{a.created_at:%Y-%m-%d %H:%M} {a.kind} by "
+                f"{_when(a.created_at)} {a.kind} by "
                 f"{a.moderator or 'command line'}: {a.reason}"
                 for a in obj.summary.bans
             ],
@@ -401,14 +369,10 @@ class PlayerAdmin(admin.ModelAdmin):
             else:
                 _log(self, request, action, f"banned {player.name}")
                 # The ban's own rollbacks (one per canvas) go in the log too.
-                for rollback in ModerationAction.objects.filter(
-                    kind=ModerationAction.KIND_ROLLBACK,
-                    player_id=player.pk,
-                    created_at__gte=action.created_at,
-                ):
+                for rollback in action.rollbacks:
                     message = (
                         f"rolled back {player.name}'s last "
-                        f"{form.cleaned_data['rollback_hours']} h: "
+                        f"{form.cleaned_data['rollback_hours']:g} h: "
                         f"{rollback.placements_count} placements"
                     )
                     _log(self, request, rollback, message)
@@ -441,12 +405,6 @@ def _form_page(request, model_admin, title: str, form, submit: str) -> HttpRespo
         "submit": submit,
     }
     return TemplateResponse(request, "admin/canvas/moderation_form.html", context)
-
-
-MSG_NOTHING_LEFT = (
-    "Nothing in this scope is left to roll back (none of it, or all of it is"
-    " rolled back already); nothing was done."
-)
 
 
 @admin.register(ModerationAction)
@@ -495,13 +453,20 @@ class ModerationActionAdmin(admin.ModelAdmin):
         if scope.get("region"):
             x0, y0, x1, y1 = scope["region"]
             parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
-        for key in ("since", "until"):
-            if scope.get(key) and obj.kind != ModerationAction.KIND_BAN:
-                parts.append(f"{key} {scope[key]}")
         if obj.kind == ModerationAction.KIND_BAN:
-            parts.append(f"banned until {scope.get('until')}")
+            until = parse_datetime(scope.get("until") or "")
+            forever = until is None or until >= moderation.BAN_FOREVER
+            parts.append("for good" if forever else f"until {_when(until)}")
             if scope.get("rollback_hours"):
-                parts.append(f"their last {scope['rollback_hours']} h rolled back")
+                parts.append(f"their last {scope['rollback_hours']:g} h rolled back")
+        else:
+            for key in ("since", "until"):
+                if scope.get(key):
+                    parts.append(f"{key} {_when(parse_datetime(scope[key]))}")
+        if scope.get("undo_of"):
+            parts.append(f"undid rollback #{scope['undo_of']}")
+        if "to" in scope:
+            parts.append(f"cooldown {scope.get('from')} s → {scope['to']} s")
         return "; ".join(parts) or "-"
 
     def get_urls(self):
@@ -538,17 +503,14 @@ class ModerationActionAdmin(admin.ModelAdmin):
         scope = scope_form.scope()
         try:
             if request.method == "POST" and reason_form.is_valid():
-                # A rollback that marks nothing would still hold its scope
-                # rolled back, so undoing an earlier one would restore nothing.
-                left = moderation.rollback_preview(canvas=canvas, scope=scope)
-                if not left.placements:
-                    raise moderation.ModerationError(MSG_NOTHING_LEFT)
                 action = moderation.placements_rollback(
                     canvas_id=canvas.pk,
                     scope=scope,
                     reason=reason_form.cleaned_data["reason"],
                     moderator_id=request.user.pk,
                 )
+                if action.pk is None:
+                    raise moderation.ModerationError(moderation.MSG_NOTHING_LEFT)
                 message = (
                     f"{action.placements_count} placements rolled back, "
                     f"{action.pixels_count} pixels changed"

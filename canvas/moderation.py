@@ -54,6 +54,10 @@ MAX_HOURS = 100 * 365 * 24
 MAX_HOURS_DELTA = timedelta(hours=MAX_HOURS)
 MSG_BAD_HOURS = f"Hours must be more than 0 and at most {MAX_HOURS}."
 MSG_BAD_COOLDOWN = "The cooldown must be between 0 seconds and a year."
+MSG_NOTHING_LEFT = (
+    "Nothing in this scope is left to roll back (none of it, or all of it is"
+    " rolled back already); nothing was done."
+)
 MSG_EMPTY_SCOPE = "Choose placements, players, a time window or a region."
 MSG_BAD_REGION = "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1."
 MSG_NOT_ROLLBACK = "Only a rollback can be undone."
@@ -115,7 +119,7 @@ class Scope:
         if self.since:
             q &= Q(placed_at__gte=self.since)
         if self.until:
-            q &= Q(placed_at__lte=self.until)
+            q &= Q(until_lookup(self.until))
         if self.region:
             x0, y0, x1, y1 = self.region
             q &= Q(x__gte=x0, x__lte=x1, y__gte=y0, y__lte=y1)
@@ -450,6 +454,20 @@ def rollback_preview(*, canvas: Canvas, scope: Scope) -> RollbackPreview:
     )
 
 
+def until_lookup(until: datetime) -> tuple[str, datetime]:
+    """The `placed_at` lookup for "up to `until`", inclusive at its precision.
+
+    Times are shown to the second, so `until 10:02:24` must keep a placement
+    made at 10:02:24.96; a time with a fraction is taken exactly.
+    """
+    if until.microsecond:
+        return "placed_at__lte", until
+    try:
+        return "placed_at__lt", until + timedelta(seconds=1)
+    except OverflowError:  # the last second there is: nothing lies beyond it
+        return "placed_at__lte", until
+
+
 def placements_rollback(
     *,
     canvas_id: int,
@@ -461,6 +479,9 @@ def placements_rollback(
     """Roll back the placements in scope; record and return the action.
 
     Counts: placements newly marked rolled back, and pixels whose colour changed.
+    With nothing left to mark, nothing is recorded and the action returned is
+    unsaved (pk None, counts 0): a rollback that marked nothing would still
+    hold its scope, so undoing an earlier rollback would then restore nothing.
     """
     if not reason.strip():
         raise ModerationError(MSG_REASON_REQUIRED)
@@ -468,7 +489,9 @@ def placements_rollback(
     _scope_check(canvas=canvas, scope=scope)
     # Placements made after this point are not in scope, however long this takes.
     upto_seq = canvas.seq
-    action = ModerationAction.objects.create(
+    in_scope = scope.q(canvas_id=canvas_id, upto_seq=upto_seq)
+    pending = Placement.objects.filter(in_scope, rolled_back=False)
+    action = ModerationAction(
         kind=ModerationAction.KIND_ROLLBACK,
         canvas=canvas,
         player_id=player_id,
@@ -476,8 +499,9 @@ def placements_rollback(
         reason=reason,
         scope={**scope.to_json(), "upto_seq": upto_seq},
     )
-    in_scope = scope.q(canvas_id=canvas_id, upto_seq=upto_seq)
-    pending = Placement.objects.filter(in_scope, rolled_back=False)
+    if not pending.exists():
+        return action
+    action.save()
     for ids in _batches(pending=pending):
         _rollback_batch(action=action, ids=ids)
     action.refresh_from_db()
@@ -585,6 +609,7 @@ def player_ban(
     """Ban a player (for `duration`, or for good); optionally roll back recent work.
 
     Placements check the ban in the database, so open sockets are refused at once.
+    The returned ban's `rollbacks` lists the rollbacks it recorded.
     """
     if not reason.strip():
         raise ModerationError(MSG_REASON_REQUIRED)
@@ -606,6 +631,7 @@ def player_ban(
             reason=reason,
             scope={"until": until.isoformat(), "rollback_hours": rollback_hours},
         )
+    ban.rollbacks = []  # the rollbacks this ban made, one per canvas
     if rollback_hours:
         since = now - timedelta(hours=rollback_hours)
         scope = Scope(player_ids=(player_id,), since=since)
@@ -615,13 +641,15 @@ def player_ban(
             .distinct()
         )
         for canvas_id in sorted(canvas_ids):
-            placements_rollback(
+            rollback = placements_rollback(
                 canvas_id=canvas_id,
                 scope=scope,
                 reason=reason,
                 moderator_id=moderator_id,
                 player_id=player_id,
             )
+            if rollback.pk is not None:
+                ban.rollbacks.append(rollback)
     return ban
 
 

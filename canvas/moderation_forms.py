@@ -1,12 +1,13 @@
 """Forms for the moderation pages in admin; they parse input, services decide."""
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django import forms
+from django.http import QueryDict
 
 from . import services
 from .models import Canvas, Player
-from .moderation import MAX_HOURS, ModerationError, Scope, region_check
+from .moderation import MAX_HOURS, ModerationError, Scope, region_check, until_lookup
 
 # Placement ids are PostgreSQL bigints; anything larger cannot name one.
 MAX_ID = 2**63 - 1
@@ -43,6 +44,12 @@ class ScopeForm(forms.Form):
             )
         return tuple(int(part) for part in raw)
 
+    def clean_since(self):
+        return _utc(self.cleaned_data["since"])
+
+    def clean_until(self):
+        return _utc(self.cleaned_data["until"])
+
     def clean_players(self) -> tuple[int, ...]:
         names = set(self.cleaned_data["players"].replace(",", " ").split())
         found = dict(Player.objects.filter(name__in=names).values_list("pk", "name"))
@@ -68,6 +75,16 @@ class ScopeForm(forms.Form):
             until=data.get("until"),
             region=corners if None not in corners else None,
         )
+
+
+def _utc(moment):
+    """The time in UTC, or a form error for one that has no UTC (year 1, +05:00)."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise forms.ValidationError("That time is out of range.") from None
 
 
 class BanForm(ReasonForm):
@@ -122,3 +139,56 @@ class RegionForm(forms.Form):
     def region(self) -> tuple[int, int, int, int]:
         data = self.cleaned_data
         return (data["x0"], data["y0"], data["x1"], data["y1"])
+
+
+MSG_BAD_TIME = (
+    "“{label}” must be a time such as 2026-11-27 10:02:24 (UTC);"
+    " “{raw}” is not, so that bound is not applied."
+)
+MSG_BAD_NUMBER = (
+    "“{label}” must be a whole number from 0;"
+    " “{raw}” is not, so that bound is not applied."
+)
+# The pixel-history links' exact coordinates, checked like the range boxes.
+EXACT_FIELDS = [("x", "x"), ("y", "y")]
+
+
+def history_query(
+    query: QueryDict, fields: list[tuple[str, str]]
+) -> tuple[QueryDict, list[str]]:
+    """The history's query with its bounds parsed, and an error for each bad one.
+
+    Django's changelist answers any bad lookup value by showing the whole
+    history (`?e=1`); here an empty box is dropped and a value that is not
+    understood is named and left out, so the list never looks filtered when
+    it is not. `until` is inclusive at the precision given (see until_q).
+    """
+    query = query.copy()
+    errors = []
+    for name, label in [*fields, *EXACT_FIELDS]:
+        raw = query.get(name, "").strip()
+        if not raw:
+            query.pop(name, None)
+            continue
+        is_time = name.startswith("placed_at")
+        field = (
+            forms.DateTimeField()
+            if is_time
+            else forms.IntegerField(min_value=0, max_value=10**6)
+        )
+        try:
+            value = field.clean(raw)
+            if is_time:
+                value = _utc(value)
+        except forms.ValidationError:
+            query.pop(name)
+            message = MSG_BAD_TIME if is_time else MSG_BAD_NUMBER
+            errors.append(message.format(label=label, raw=raw))
+            continue
+        if name == "placed_at__lte":
+            query.pop(name)
+            lookup, moment = until_lookup(value)
+            query[lookup] = moment.isoformat()
+        else:
+            query[name] = value.isoformat() if is_time else str(value)
+    return query, errors

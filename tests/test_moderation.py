@@ -197,6 +197,38 @@ def test_rolling_back_twice_counts_nothing_the_second_time(make_canvas, players,
     rollback(run, canvas, Scope(player_ids=(players[0].pk,)))
     again = rollback(run, canvas, Scope(player_ids=(players[0].pk,)))
     assert (again.placements_count, again.pixels_count) == (0, 0)
+    # Nothing was left to mark, so nothing is recorded to hold the scope.
+    assert again.pk is None and ModerationAction.objects.count() == 1
+
+
+def test_a_ban_after_a_rollback_records_no_empty_rollback(make_canvas, players, run):
+    canvas = make_canvas(cooldown=0)
+    alice = players[0]
+    place(run, canvas, alice, 1, 1, 5)
+    first = rollback(run, canvas, Scope(player_ids=(alice.pk,)))
+    ban = run(
+        moderation.player_ban, player_id=alice.pk, reason="spam", rollback_hours=1
+    )
+    assert ban.rollbacks == []
+    undo(run, first)
+    assert pixel(canvas, 1, 1) == 5  # not held by a rollback that marked nothing
+
+
+def test_until_keeps_the_whole_second_it_names(make_canvas, players, run):
+    canvas = make_canvas(cooldown=0)
+    made = place(run, canvas, players[0], 1, 1, 5)
+    second = made.placed_at.replace(microsecond=0)
+    Placement.objects.filter(pk=made.pk).update(
+        placed_at=second.replace(microsecond=960000)
+    )
+    in_scope = Placement.objects.filter(
+        Scope(until=second).q(canvas_id=canvas.pk, upto_seq=9)
+    )
+    assert list(in_scope) == [made]
+    exact = second.replace(microsecond=500000)
+    assert not Placement.objects.filter(
+        Scope(until=exact).q(canvas_id=canvas.pk, upto_seq=9)
+    ).exists()
 
 
 def test_undo_restores_the_rolled_back_pixels(make_canvas, players, run):
@@ -229,6 +261,7 @@ def test_undo_leaves_placements_another_rollback_covers(make_canvas, players, ru
     alice = players[0]
     place(run, canvas, alice, 1, 1, 5)
     first = rollback(run, canvas, Scope(player_ids=(alice.pk,)))
+    place(run, canvas, players[1], 2, 2, 7)  # so the region has work of its own
     second = rollback(run, canvas, Scope(region=(0, 0, 3, 3)))
     undo(run, first)
     assert pixel(canvas, 1, 1) == 0
@@ -519,7 +552,10 @@ def test_board_always_equals_replay_and_stream(
             covered = {p["id"] for p in model if in_scope(p, scope, upto)}
             newly = len(covered - rolled_back())
             action = rollback(run, canvas, scope)
-            actions.append({"pk": action.pk, "covered": covered, "active": True})
+            if newly:
+                actions.append({"pk": action.pk, "covered": covered, "active": True})
+            else:  # nothing left to mark: nothing recorded, nothing held
+                assert action.pk is None
             after = expected_board(width, height, model, rolled_back())
             changed = sum(a != b for a, b in zip(before, after, strict=True))
             assert (action.placements_count, action.pixels_count) == (newly, changed)
@@ -549,3 +585,19 @@ def test_board_always_equals_replay_and_stream(
             replayed[y * width + x] = color
         assert bytes(replayed) == board
         assert [u[0] for u in stream] == list(range(1, canvas.seq + 1))
+
+
+def test_absurd_values_are_refused_before_anything_is_written(make_canvas, players):
+    canvas, alice = make_canvas(cooldown=0), players[0]
+    with pytest.raises(moderation.ModerationError, match="Hours must be"):
+        moderation.player_ban(player_id=alice.pk, reason="x", rollback_hours=1e12)
+    with pytest.raises(moderation.ModerationError, match="Hours must be"):
+        moderation.player_ban(
+            player_id=alice.pk, reason="x", duration=timedelta(days=10**6)
+        )
+    with pytest.raises(moderation.ModerationError, match=moderation.MSG_BAD_COOLDOWN):
+        moderation.canvas_set_cooldown(
+            canvas_id=canvas.pk, cooldown_seconds=10**12, reason="x"
+        )
+    alice.refresh_from_db()
+    assert not alice.is_banned() and not ModerationAction.objects.exists()
