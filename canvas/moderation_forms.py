@@ -4,10 +4,18 @@ from datetime import UTC, timedelta
 
 from django import forms
 from django.http import QueryDict
+from django.utils import timezone
 
 from . import services
 from .models import Canvas, Player
-from .moderation import MAX_HOURS, ModerationError, Scope, region_check, until_lookup
+from .moderation import (
+    MAX_HOURS,
+    MAX_HOURS_DELTA,
+    ModerationError,
+    Scope,
+    region_check,
+    until_lookup,
+)
 
 # Placement ids are PostgreSQL bigints; anything larger cannot name one.
 MAX_ID = 2**63 - 1
@@ -92,7 +100,10 @@ class BanForm(ReasonForm):
         required=False,
         min_value=0.01,
         max_value=MAX_HOURS,
-        help_text="leave empty to ban for good",
+        help_text="leave this and “until” empty to ban for good",
+    )
+    until = forms.DateTimeField(
+        required=False, help_text="or: the ban's end, UTC (instead of hours)"
     )
     rollback_hours = forms.FloatField(
         required=False,
@@ -101,8 +112,24 @@ class BanForm(ReasonForm):
         help_text="also roll back their placements of the last N hours",
     )
 
+    def clean_until(self):
+        until = _utc(self.cleaned_data["until"])
+        if until is not None and until <= timezone.now():
+            raise forms.ValidationError("The end of a ban must lie in the future.")
+        if until is not None and until - timezone.now() > MAX_HOURS_DELTA:
+            raise forms.ValidationError("A ban ends within a century, or never.")
+        return until
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("hours") and data.get("until"):
+            raise forms.ValidationError("Give hours or an end time, not both.")
+        return data
+
     def duration(self) -> timedelta | None:
-        hours = self.cleaned_data.get("hours")
+        hours, until = self.cleaned_data.get("hours"), self.cleaned_data.get("until")
+        if until:
+            return until - timezone.now()
         return timedelta(hours=hours) if hours else None
 
 

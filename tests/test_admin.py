@@ -400,3 +400,19 @@ def test_an_undo_names_the_rollback_that_still_holds_its_placements(
         f"0 placements restored, 0 pixels changed; still rolled back by rollback"
         f" #{second.pk} (2 placements)" in page.content.decode()
     )
+
+
+def test_a_ban_can_end_at_a_given_time(moderator, client, griefed):
+    _, alice, _ = griefed
+    url = reverse("admin:canvas_player_ban", args=[alice.pk])
+    both = client.post(url, {"reason": "x", "hours": "2", "until": "2099-01-01 00:00"})
+    assert "not both" in both.content.decode()
+    past = client.post(url, {"reason": "x", "until": "2001-01-01 00:00"})
+    assert "must lie in the future" in past.content.decode()
+    assert not ModerationAction.objects.exists()
+    far = client.post(url, {"reason": "x", "until": "2999-01-01 00:00"})
+    assert "within a century" in far.content.decode()
+    response = client.post(url, {"reason": "x", "until": "2099-01-01 12:30:00"})
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.banned_until.isoformat().startswith("2099-01-01T12:30:00")
