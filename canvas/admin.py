@@ -231,18 +231,69 @@ class PlacementAdmin(admin.ModelAdmin):
         return super().get_queryset(request).select_related("canvas", "player")
 
     def changelist_view(self, request, extra_context=None):
+        original = request.GET
         fields = [
-            (name, label, request.GET.get(name, ""))
-            for name, label in self.RANGE_FIELDS
+            (name, label, original.get(name, "")) for name, label in self.RANGE_FIELDS
         ]
-        request.GET = self._range_cleaned(request)
+        # The other filters ride along when the range form is sent again.
         kept = [
             (key, value)
-            for key, value in request.GET.items()
+            for key, value in original.items()
             if key not in dict(self.RANGE_FIELDS)
         ]
-        extra = {"range_fields": fields, "kept_params": kept}
+        request.GET = self._range_cleaned(request)
+        extra = {
+            "range_fields": fields,
+            "kept_params": kept,
+            "rollback_url": self._rollback_url(request, original),
+        }
         return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    def _rollback_url(self, request, original) -> str | None:
+        """The rollback preview of what this list shows, where a scope can say it:
+        one canvas; a player, region and time window; no name search."""
+        query = request.GET  # parsed: bad bounds are gone
+        canvas_id = query.get("canvas__id__exact", "")
+        if (
+            not request.user.has_perm(PERM_ROLLBACK)
+            or not canvas_id.isdigit()
+            or query.get("q")
+            or query.get("kind__exact") == Placement.KIND_MODERATION
+            or query.get("rolled_back__exact") == "1"
+        ):
+            return None
+        size = Canvas.objects.filter(pk=canvas_id).values_list("width", "height")
+        if not size:
+            return None
+        ((width, height),) = size
+        params = {"canvas": canvas_id}
+        player_id = query.get("player__id__exact")
+        if player_id is not None:
+            names = Player.objects.filter(pk=player_id if player_id.isdigit() else 0)
+            name = names.values_list("name", flat=True).first()
+            if name is None:
+                return None
+            params["players"] = name
+        bounds = {
+            "x0": query.get("x__gte", query.get("x")),
+            "x1": query.get("x__lte", query.get("x")),
+            "y0": query.get("y__gte", query.get("y")),
+            "y1": query.get("y__lte", query.get("y")),
+        }
+        if any(value is not None for value in bounds.values()):
+            # A missing bound is the canvas's edge; one beyond it, the edge too.
+            edges = {"x0": 0, "y0": 0, "x1": width - 1, "y1": height - 1}
+            for key, value in bounds.items():
+                value = edges[key] if value is None else int(value)
+                params[key] = min(value, width - 1 if key[0] == "x" else height - 1)
+        if query.get("placed_at__gte"):
+            params["since"] = query["placed_at__gte"]
+        if "placed_at__lt" in query or "placed_at__lte" in query:
+            params["until"] = original["placed_at__lte"]  # read as the list reads it
+        if len(params) == 1:
+            return None  # the whole canvas: not offered from a list
+        url = reverse("admin:canvas_moderationaction_rollback")
+        return url + "?" + urlencode(params)
 
     def _range_cleaned(self, request):
         query, errors = forms.history_query(request.GET, self.RANGE_FIELDS)

@@ -271,6 +271,8 @@ def test_history_until_keeps_the_whole_second_and_bad_pixel_links_are_named(
         url, {"canvas__id__exact": canvas.pk, "placed_at__lte": shown}
     )
     assert newest.seq in [p.seq for p in response.context["cl"].result_list]
+    # Sending the form again carries the box, not the parsed bound beside it.
+    assert all(key != "placed_at__lt" for key, _ in response.context["kept_params"])
     bad = client.get(url, {"canvas__id__exact": canvas.pk, "x": "abc", "y": 1})
     assert bad.status_code == 200
     assert [p.seq for p in bad.context["cl"].result_list] == [3, 2, 1]
@@ -416,3 +418,24 @@ def test_a_ban_can_end_at_a_given_time(moderator, client, griefed):
     assert response.status_code == 302
     alice.refresh_from_db()
     assert alice.banned_until.isoformat().startswith("2099-01-01T12:30:00")
+
+
+def test_the_history_offers_to_roll_back_exactly_what_it_shows(
+    moderator, client, griefed
+):
+    canvas, alice, _ = griefed
+    history = reverse("admin:canvas_placement_changelist")
+    query = {
+        "canvas__id__exact": canvas.pk,
+        "player__id__exact": alice.pk,
+        "x__gte": 2,
+        "placed_at__gte": "2000-01-01 00:00",
+    }
+    listed = client.get(history, query)
+    shown = [p.pk for p in listed.context["cl"].result_list]
+    link = listed.context["rollback_url"]
+    preview = client.get(link)
+    assert preview.context["preview"].placements == len(shown) == 1
+    assert preview.context["scope_form"].cleaned_data["players"] == (alice.pk,)
+    # A name search is not a scope: no link rather than a different one.
+    assert client.get(history, {**query, "q": "ali"}).context["rollback_url"] is None
