@@ -172,7 +172,10 @@ class CanvasAdmin(admin.ModelAdmin):
         canvas = get_object_or_404(Canvas, pk=pk)
         form = forms.RegionForm(request.GET, canvas=canvas)
         if not form.is_valid():
-            return HttpResponse(form.errors.as_text(), status=400)
+            errors = [str(e) for errors in form.errors.values() for e in errors]
+            return HttpResponse(
+                "\n".join(errors), status=400, content_type="text/plain"
+            )
         region = form.region()
         at = form.cleaned_data.get("at")
         seq = mod_selectors.seq_at(canvas=canvas, at=at) if at else canvas.seq
@@ -281,11 +284,16 @@ class PlacementAdmin(admin.ModelAdmin):
             "y1": query.get("y__lte", query.get("y")),
         }
         if any(value is not None for value in bounds.values()):
-            # A missing bound is the canvas's edge; one beyond it, the edge too.
+            # A missing bound is the canvas's edge, an upper one beyond it too;
+            # a lower one beyond it lists nothing, and so offers nothing.
             edges = {"x0": 0, "y0": 0, "x1": width - 1, "y1": height - 1}
             for key, value in bounds.items():
                 value = edges[key] if value is None else int(value)
                 params[key] = min(value, width - 1 if key[0] == "x" else height - 1)
+                if key.endswith("0") and value > edges[key.replace("0", "1")]:
+                    return None
+            if params["x0"] > params["x1"] or params["y0"] > params["y1"]:
+                return None
         if query.get("placed_at__gte"):
             params["since"] = query["placed_at__gte"]
         if "placed_at__lt" in query or "placed_at__lte" in query:
@@ -352,6 +360,12 @@ class PlayerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # players come from accounts and sessions
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # bans go through their own audited pages
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # would erase a ban and who made the history, unaudited
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)

@@ -153,6 +153,9 @@ class RegionForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.canvas = canvas
 
+    def clean_at(self):
+        return _utc(self.cleaned_data["at"])
+
     def clean(self) -> dict:
         data = super().clean()
         corners = [data.get(name) for name in ("x0", "y0", "x1", "y1")]

@@ -328,6 +328,10 @@ def test_a_region_picture_outside_the_canvas_is_refused_like_a_rollback(
     response = client.get(url, {"x0": 100, "y0": 100, "x1": 200, "y1": 200})
     assert response.status_code == 400
     assert b"inside the canvas" in response.content
+    early = {"x0": 0, "y0": 0, "x1": 1, "y1": 1, "at": "0001-01-01T00:00+05:00"}
+    response = client.get(url, early)
+    assert response.status_code == 400
+    assert response.content == b"That time is out of range."
     page = client.get(
         reverse("admin:canvas_canvas_moderate", args=[canvas.pk]),
         {"x0": 3, "y0": 0, "x1": 1, "y1": 0},
@@ -361,6 +365,14 @@ def test_player_page_hides_the_session_key_and_edits_nothing(
     content = page.content.decode()
     assert "s3cr3t-session-key" not in content
     assert "anonymous (a browser session)" in content
+    # Not even a superuser edits or deletes a player here: no audited path.
+    boss = get_user_model().objects.create_superuser("boss", password="pw-123456!")
+    client.force_login(boss)
+    content = client.get(
+        reverse("admin:canvas_player_change", args=[alice.pk])
+    ).content.decode()
+    assert 'name="_save"' not in content
+    assert reverse("admin:canvas_player_delete", args=[alice.pk]) not in content
 
 
 def test_a_form_error_is_shown_once(moderator, client, griefed):
@@ -439,3 +451,6 @@ def test_the_history_offers_to_roll_back_exactly_what_it_shows(
     assert preview.context["scope_form"].cleaned_data["players"] == (alice.pk,)
     # A name search is not a scope: no link rather than a different one.
     assert client.get(history, {**query, "q": "ali"}).context["rollback_url"] is None
+    # Bounds past the canvas's edge list nothing, so offer nothing.
+    beyond = {"canvas__id__exact": canvas.pk, "x__gte": 100}
+    assert client.get(history, beyond).context["rollback_url"] is None
