@@ -284,14 +284,12 @@ class PlacementAdmin(admin.ModelAdmin):
             "y1": query.get("y__lte", query.get("y")),
         }
         if any(value is not None for value in bounds.values()):
-            # A missing bound is the canvas's edge, an upper one beyond it too;
-            # a lower one beyond it lists nothing, and so offers nothing.
+            # A missing bound is the canvas's edge, an upper one past it too.
             edges = {"x0": 0, "y0": 0, "x1": width - 1, "y1": height - 1}
             for key, value in bounds.items():
                 value = edges[key] if value is None else int(value)
-                params[key] = min(value, width - 1 if key[0] == "x" else height - 1)
-                if key.endswith("0") and value > edges[key.replace("0", "1")]:
-                    return None
+                params[key] = min(value, edges[key]) if key.endswith("1") else value
+            # A lower bound past the edge (or past the upper one) lists nothing.
             if params["x0"] > params["x1"] or params["y0"] > params["y1"]:
                 return None
         if query.get("placed_at__gte"):
@@ -530,7 +528,7 @@ class ModerationActionAdmin(admin.ModelAdmin):
                     parts.append(f"{key} {_when(parse_datetime(scope[key]))}")
         if scope.get("undo_of"):
             parts.append(f"undid rollback #{scope['undo_of']}")
-        if "to" in scope:
+        if obj.kind == ModerationAction.KIND_COOLDOWN:
             parts.append(f"cooldown {scope.get('from')} s → {scope['to']} s")
         return "; ".join(parts) or "-"
 

@@ -191,7 +191,7 @@ def history_query(
     Django's changelist answers any bad lookup value by showing the whole
     history (`?e=1`); here an empty box is dropped and a value that is not
     understood is named and left out, so the list never looks filtered when
-    it is not. `until` is inclusive at the precision given (see until_q).
+    it is not. `until` is inclusive at the precision given (until_lookup).
     """
     query = query.copy()
     errors = []

@@ -188,6 +188,9 @@ def test_pause_and_cooldown_from_the_canvas_page(moderator, client, griefed):
     assert Canvas.objects.get(pk=canvas.pk).cooldown_seconds == 60
     kinds = ModerationAction.objects.order_by("pk").values_list("kind", flat=True)
     assert list(kinds) == ["pause", "cooldown"]
+    change = ModerationAction.objects.get(kind=ModerationAction.KIND_COOLDOWN)
+    page = client.get(reverse("admin:canvas_moderationaction_change", args=[change.pk]))
+    assert "cooldown 0 s → 60 s" in page.content.decode()
 
 
 def test_region_picture_at_an_instant_is_a_png(moderator, client, griefed):
