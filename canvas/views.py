@@ -145,16 +145,28 @@ def _not_modified_response(headers: dict) -> HttpResponse:
 @_canvas_or_404
 def board(request: HttpRequest, canvas) -> HttpResponse:
     snapshot = selectors.board_snapshot(canvas=canvas)
+    gzipped = bool(ACCEPTS_GZIP.search(request.headers.get("Accept-Encoding", "")))
     headers = {
-        "ETag": snapshot.etag,
+        # The gzipped bytes decode to the same board: a weak tag, as Django's
+        # GZipMiddleware gives (If-None-Match compares weakly, so either form
+        # gets its 304).
+        "ETag": f"W/{snapshot.etag}" if gzipped else snapshot.etag,
         "X-Canvas-Seq": str(snapshot.seq),
         "Cache-Control": "no-cache",
+        "Vary": "Accept-Encoding",
     }
     if _not_modified(request, snapshot.etag):
         return _not_modified_response(headers)
-    return HttpResponse(
-        snapshot.data, content_type="application/octet-stream", headers=headers
-    )
+    data = snapshot.data
+    if gzipped:
+        data = selectors.board_gzipped(snapshot, canvas_id=canvas.pk)
+        headers["Content-Encoding"] = "gzip"
+    return HttpResponse(data, content_type="application/octet-stream", headers=headers)
+
+
+# As Django's GZipMiddleware decides; a client that sends no Accept-Encoding
+# (a bare socket, urllib) gets the plain bytes.
+ACCEPTS_GZIP = re.compile(r"\bgzip\b")
 
 
 @_api_read

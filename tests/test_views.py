@@ -1,5 +1,6 @@
 """HTTP: player pages, the canvas API and the account pages."""
 
+import gzip
 import io
 
 import pytest
@@ -67,6 +68,29 @@ def test_board_bytes_follow_placements_with_seq_and_etag(client, canvas):
     fresh = client.get("/api/canvases/test/board", headers={"if-none-match": etag})
     assert fresh.status_code == 200 and fresh["X-Canvas-Seq"] == "2"
     assert fresh["ETag"] != etag and fresh.content[7 * 40 + 6] == 2
+
+
+def test_board_is_gzipped_for_clients_that_accept_it(client, make_canvas):
+    canvas = make_canvas(slug="big", width=1000, height=1000)
+    place(canvas, 999, 999, 5)
+    plain = client.get("/api/canvases/big/board")
+    assert "Content-Encoding" not in plain and len(plain.content) == 1000 * 1000
+    zipped = client.get(
+        "/api/canvases/big/board", headers={"accept-encoding": "gzip, deflate, br"}
+    )
+    assert zipped["Content-Encoding"] == "gzip"
+    assert zipped["Vary"] == plain["Vary"] == "Accept-Encoding"
+    assert zipped["X-Canvas-Seq"] == plain["X-Canvas-Seq"] == "1"
+    assert len(zipped.content) < 10_000  # a megabyte of one colour, nearly
+    assert gzip.decompress(zipped.content) == plain.content
+    # Same board, either encoding's tag: 304 both ways.
+    assert zipped["ETag"] == f"W/{plain['ETag']}"
+    for tag, encoding in [(zipped["ETag"], "identity"), (plain["ETag"], "gzip")]:
+        again = client.get(
+            "/api/canvases/big/board",
+            headers={"if-none-match": tag, "accept-encoding": encoding},
+        )
+        assert again.status_code == 304
 
 
 def test_board_png_shows_the_palette_colours(client, canvas):
