@@ -278,21 +278,24 @@ def signup(request: HttpRequest) -> HttpResponse:
             return redirect(_safe_next(request))
     else:
         form = SignupForm()
-    return render(request, "registration/signup.html", {"form": form})
+    # The view to return to survives a form sent back with errors.
+    context = {"form": form, "next": _safe_next(request)}
+    return render(request, "registration/signup.html", context)
 
 
 def logout_page(request: HttpRequest) -> HttpResponse:
-    """GET asks to confirm; POST (with CSRF) logs out."""
+    """GET asks to confirm; POST (with CSRF) logs out, back to `next`."""
     if request.method == "POST":
+        target = _safe_next(request, default=settings.LOGOUT_REDIRECT_URL)
         logout(request)
-        return redirect(settings.LOGOUT_REDIRECT_URL)
-    return render(request, "registration/logout.html")
+        return redirect(target)
+    return render(request, "registration/logout.html", {"next": _safe_next(request)})
 
 
-def _safe_next(request: HttpRequest) -> str:
+def _safe_next(request: HttpRequest, default: str = "/") -> str:
     from django.utils.http import url_has_allowed_host_and_scheme
 
-    target = request.POST.get("next") or request.GET.get("next") or "/"
+    target = request.POST.get("next") or request.GET.get("next") or default
     if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         return target
-    return "/"
+    return default

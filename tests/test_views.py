@@ -2,9 +2,11 @@
 
 import gzip
 import io
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils.html import escape
 from PIL import Image
 
 from canvas import services, views
@@ -262,6 +264,58 @@ def test_login_and_logout(client, canvas):
     assert client.get("/accounts/logout/").status_code == 200  # asks to confirm
     assert client.post("/accounts/logout/").status_code == 302
     assert not client.get("/c/test/").context["user"].is_authenticated
+
+
+def test_account_pages_return_to_the_view_they_came_from(client, canvas):
+    """Sign-up with a typo, log in from sign-up, log out: the same view after."""
+    view = "/c/test/?x=12&y=34&z=5"
+    form = client.get("/accounts/signup/", {"next": view})
+    assert f"/accounts/login/?next={quote(view, safe='/')}" in form.content.decode()
+    typo = client.post(
+        "/accounts/signup/",
+        {
+            "username": "gina",
+            "password1": "a-long-pass-123",
+            "password2": "x",
+            "next": view,
+        },
+    )
+    assert typo.status_code == 200 and typo.context["next"] == view
+    assert f'name="next" value="{escape(view)}"' in typo.content.decode()
+    fixed = client.post(
+        "/accounts/signup/",
+        {
+            "username": "gina",
+            "password1": "a-long-pass-123",
+            "password2": "a-long-pass-123",
+            "next": view,
+        },
+    )
+    assert fixed.status_code == 302 and fixed["Location"] == view
+    page = client.get(view).content.decode()
+    assert f"/accounts/logout/?next={quote(view, safe='/')}" in page
+    confirm = client.get("/accounts/logout/", {"next": view})
+    assert f'name="next" value="{escape(view)}"' in confirm.content.decode()
+    out = client.post("/accounts/logout/", {"next": view})
+    assert out.status_code == 302 and out["Location"] == view
+    assert not client.get(view).context["user"].is_authenticated
+
+
+def test_only_the_board_page_turns_off_the_browsers_zoom(client, canvas):
+    """Account pages stay zoomable for people who need larger text."""
+    assert b"user-scalable=no" in client.get("/c/test/").content
+    for page in ["/accounts/signup/", "/accounts/login/", "/accounts/logout/"]:
+        html = client.get(page).content
+        assert b'name="viewport"' in html and b"user-scalable=no" not in html
+
+
+def test_account_pages_never_return_to_another_site(client, canvas):
+    user = get_user_model().objects.create_user("hal", password="a-long-pass-123")
+    client.force_login(user)
+    out = client.post("/accounts/logout/", {"next": "https://evil.example/"})
+    assert out["Location"] == "/"
+    form = client.get("/accounts/signup/", {"next": "//evil.example/"})
+    assert form.context["next"] == "/"
 
 
 def test_forms_need_csrf(canvas):
