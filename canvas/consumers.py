@@ -1,5 +1,6 @@
 """The WebSocket endpoint: parse, call a service, reply. No ORM here."""
 
+import asyncio
 import logging
 import uuid
 from datetime import datetime
@@ -32,6 +33,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     slug = ""
     session_key: str | None = None
     wire = None  # daphne's socket, once accepted
+    hub = None
+    # From the moment its row may be written until the row is deleted.
+    row_open = False
 
     async def __call__(self, scope, receive, send) -> None:
         """AsyncConsumer.__call__ for a consumer without a layer channel.
@@ -49,6 +53,10 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        finally:
+            # Also when daphne kills the task (a handshake that outlived its
+            # timeout, say) or connect fails: no row or hub entry outlives it.
+            await self.release()
 
     async def dispatch(self, message) -> None:
         """AsyncConsumer.dispatch without its per-message `aclose_old_connections`.
@@ -68,8 +76,6 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.channel_name = f"{SERVER_ID}!{uuid.uuid4().hex}"
         self.player_id: int | None = None
         self.player_name: str | None = None
-        self.hub = None
-        self.row_open = False
         self.ready = False
         self.backlog: list[str] = []
         self.ip = scope_ip(self.scope)
@@ -77,23 +83,31 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.bucket = TokenBucket(rate, burst=max(1.0, rate))
         # Sustained flooding: refusals for two seconds' worth of the allowed rate.
         self.flood = FloodDetector(limit=max(10, int(rate * 2)), window=5.0)
+        # The row may be written from here on, even if this task is cancelled
+        # while it waits: release() deletes it after the write, whichever way.
+        self.row_open = True
         try:
-            if not await database_sync_to_async(_connection_allowed)(self.ip):
-                await self.close(code=protocol.CLOSE_TOO_MANY)
-                return
-            identity = await database_sync_to_async(_identify)(
+            identity = await database_sync_to_async(_admit)(
                 # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
                 self.slug
                 or self.scope.get("url_route", {}).get("kwargs", {}).get("slug"),
                 self.session_key or self.scope.get("session_key"),
+                channel_name=self.channel_name,
+                ip=self.ip,
             )
+        except exc.TooManyConnections:
+            self.row_open = False  # refused before its row was written
+            await self.close(code=protocol.CLOSE_TOO_MANY)
+            return
         except exc.CanvasNotFound:
+            self.row_open = False
             # Accept first so the client sees the reason: a refused handshake
             # reaches a browser as a bare HTTP 403 with no close code.
             await self.accept()
             await self.close(code=protocol.CLOSE_NO_CANVAS)
             return
         except DatabaseError:
+            self.row_open = False  # the row is written last, in the same step
             log.warning("database unavailable during connect")
             await self.close(code=1011)
             return
@@ -115,14 +129,6 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # hub's broadcasts do (canvas/sockets.py); None under other servers.
         self.wire = sockets.daphne_socket(self)
         try:
-            await database_sync_to_async(services.connection_open)(
-                channel_name=self.channel_name,
-                canvas_id=self.canvas_id,
-                player_id=self.player_id,
-                server=SERVER_ID,
-                ip=self.ip,
-            )
-            self.row_open = True
             hub = await registry.hub(self.canvas_id)
         except DatabaseError:
             # The close brings websocket.disconnect, and with it the cleanup.
@@ -195,15 +201,24 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closed = True
+        await self.release()
+
+    async def release(self) -> None:
+        """Leave the hub and delete the socket's row; once, however it ends."""
         if self.hub is not None:
             self.hub.leave(self)
-        if self.row_open:
-            try:
-                await database_sync_to_async(services.connection_close)(
-                    channel_name=self.channel_name
-                )
-            except DatabaseError:  # left until this process restarts and is swept
-                log.warning("could not remove a closed socket's row", exc_info=True)
+            self.hub = None
+        if not self.row_open:
+            return
+        self.row_open = False
+        # Shielded: daphne cancels a slow task again every few seconds, and the
+        # delete must still happen. Database calls run in order on one thread,
+        # so it lands after an insert that was still in flight.
+        delete = database_sync_to_async(services.connection_close)
+        try:
+            await asyncio.shield(delete(channel_name=self.channel_name))
+        except DatabaseError:  # swept as stale once no heartbeat refreshes it
+            log.warning("could not remove a closed socket's row", exc_info=True)
 
     async def deliver(self, frame: str) -> None:
         """A broadcast frame from the hub; held back until `hello` has gone out."""
@@ -292,9 +307,13 @@ class Identity(NamedTuple):
     ban: tuple[datetime, str] | None  # (until, reason) while banned
 
 
-def _identify(slug: str, session_key: str | None) -> Identity:
-    """Canvas, live session, player, cooldown and ban for a new socket (in a thread).
+def _admit(
+    slug: str, session_key: str | None, *, channel_name: str, ip: str | None
+) -> Identity:
+    """Identify a new socket and record it, or refuse it (in a thread).
 
+    Canvas, live session, player, cooldown and ban; then its Connection row,
+    counted against its address's limit in the same step.
     Only a live session counts from here on: an expired one is no session.
     """
     canvas = selectors.canvas_get(slug=slug)
@@ -306,11 +325,12 @@ def _identify(slug: str, session_key: str | None) -> Identity:
     ban = None
     if player is not None and player.is_banned():
         ban = (player.banned_until, player.ban_reason)
+    services.connection_open(
+        channel_name=channel_name,
+        canvas_id=canvas.pk,
+        player_id=player_id,
+        server=SERVER_ID,
+        ip=ip,
+        ip_limit=settings.PLACE_MAX_CONNECTIONS_PER_IP,
+    )
     return Identity(canvas, session_key, player_id, name, remaining, ban)
-
-
-def _connection_allowed(ip: str | None) -> bool:
-    limit = settings.PLACE_MAX_CONNECTIONS_PER_IP
-    if limit <= 0 or not ip:
-        return True
-    return selectors.connections_from(ip=ip) < limit

@@ -32,3 +32,7 @@ class PlaceError(Exception):
 
 class CanvasNotFound(Exception):
     """No canvas has that slug."""
+
+
+class TooManyConnections(Exception):
+    """The address already holds PLACE_MAX_CONNECTIONS_PER_IP open sockets."""

@@ -385,7 +385,15 @@ class Registry:
                 log.warning("heartbeat failed; will retry", exc_info=True)
 
     async def beat(self) -> None:
-        await database_sync_to_async(services.connections_heartbeat)(server=SERVER_ID)
+        held = [
+            name
+            for hub in self.hubs.values()
+            for listener in hub.listeners
+            if (name := getattr(listener, "channel_name", None))
+        ]
+        await database_sync_to_async(services.connections_heartbeat)(
+            server=SERVER_ID, channel_names=held
+        )
         await database_sync_to_async(services.connections_sweep)(
             stale_seconds=settings.PLACE_CONNECTION_STALE_SECONDS
         )

@@ -310,7 +310,3 @@ def cooldown_remaining(*, canvas: Canvas, player_id: int | None) -> float:
 
 def connections_online(*, canvas_id: int) -> int:
     return Connection.objects.filter(canvas_id=canvas_id).count()
-
-
-def connections_from(*, ip: str) -> int:
-    return Connection.objects.filter(ip=ip).count()

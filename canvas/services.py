@@ -420,23 +420,65 @@ def connection_open(
     player_id: int | None,
     server: str,
     ip: str | None,
+    ip_limit: int = 0,
 ) -> None:
-    Connection.objects.create(
-        channel_name=channel_name,
-        canvas_id=canvas_id,
-        player_id=player_id,
-        server=server,
-        ip=ip,
-    )
+    """Record an open socket; TooManyConnections if its address is at `ip_limit`.
+
+    Counting and inserting in one transaction, serialised per address, so a
+    burst of handshakes cannot all pass the count before any row exists. On
+    PostgreSQL an advisory lock on the address does that (a row lock would need
+    a row); SQLite transactions here are IMMEDIATE, which serialises them all.
+    Rows that stopped being refreshed (a dead process's) do not count.
+    """
+    with transaction.atomic():
+        if ip_limit > 0 and ip:
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", [_ip_lock_key(ip)]
+                    )
+            cutoff = timezone.now() - timedelta(
+                seconds=settings.PLACE_CONNECTION_STALE_SECONDS
+            )
+            held = Connection.objects.filter(ip=ip, last_seen__gte=cutoff).count()
+            if held >= ip_limit:
+                raise exc.TooManyConnections(ip)
+        Connection.objects.create(
+            channel_name=channel_name,
+            canvas_id=canvas_id,
+            player_id=player_id,
+            server=server,
+            ip=ip,
+        )
+
+
+def _ip_lock_key(ip: str) -> int:
+    """A signed 64-bit advisory-lock key for one address, apart from other locks."""
+    digest = hashlib.blake2b(f"place:connections:{ip}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def connection_close(*, channel_name: str) -> None:
     Connection.objects.filter(channel_name=channel_name).delete()
 
 
-def connections_heartbeat(*, server: str) -> None:
-    """Mark this process's sockets as alive."""
-    Connection.objects.filter(server=server).update(last_seen=timezone.now())
+HEARTBEAT_CHUNK = 2000  # channel names per UPDATE: far under any bound-parameter limit
+
+
+def connections_heartbeat(*, server: str, channel_names: list[str]) -> None:
+    """Mark the sockets this process still holds as alive.
+
+    Only these: a row whose socket this process no longer holds (its task was
+    killed before it could delete it, say) stops being refreshed and is swept
+    as stale, instead of counting as online, and against its address, for as
+    long as the process lives.
+    """
+    now = timezone.now()
+    for start in range(0, len(channel_names), HEARTBEAT_CHUNK):
+        chunk = channel_names[start : start + HEARTBEAT_CHUNK]
+        Connection.objects.filter(server=server, channel_name__in=chunk).update(
+            last_seen=now
+        )
 
 
 def connections_sweep(*, stale_seconds: int, dead_servers: list[str] = ()) -> int:

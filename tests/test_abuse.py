@@ -2,15 +2,18 @@
 sign-up and log-in attempts."""
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.utils import timezone
 
 from canvas import exceptions as exc
 from canvas import services
-from canvas.models import Placement, Player
+from canvas.models import Connection, Placement, Player
 
 from .conftest import adb, communicator, connect, send, session_key_create
 
@@ -87,6 +90,73 @@ async def test_forged_forwarded_for_does_not_escape_the_connection_cap(
     connected, _ = await forged.connect(timeout=5)
     assert not connected
     await first.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_connection_cap_holds_for_a_burst_of_simultaneous_handshakes(
+    make_canvas, settings
+):
+    """Twenty handshakes from one address at once: exactly the cap gets in.
+
+    Counting and inserting are one serialised step (an advisory lock per
+    address on PostgreSQL), so no burst passes the count before rows exist.
+    """
+    canvas = make_canvas(slug="burst")
+    settings.PLACE_MAX_CONNECTIONS_PER_IP = 5
+    start = threading.Barrier(20)
+
+    def handshake(i: int) -> str:
+        start.wait()
+        try:
+            services.connection_open(
+                channel_name=f"burst-{i}",
+                canvas_id=canvas.pk,
+                player_id=None,
+                server="test:1",
+                ip="198.51.100.7",
+                ip_limit=settings.PLACE_MAX_CONNECTIONS_PER_IP,
+            )
+        except exc.TooManyConnections:
+            return "refused"
+        finally:
+            connection.close()  # each thread's own
+        return "open"
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(handshake, range(20)))
+    assert results.count("open") == 5 and results.count("refused") == 15
+    assert Connection.objects.filter(ip="198.51.100.7").count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_nobody_refreshes_do_not_count_against_the_cap(make_canvas, settings):
+    """A dead process's rows (stale) never lock an address out."""
+    canvas = make_canvas(slug="stale")
+    old = timezone.now() - timedelta(
+        seconds=settings.PLACE_CONNECTION_STALE_SECONDS + 1
+    )
+    for i in range(3):
+        Connection.objects.create(
+            channel_name=f"dead-{i}", canvas=canvas, server="gone:1", ip="198.51.100.8"
+        )
+    Connection.objects.filter(server="gone:1").update(last_seen=old)
+    services.connection_open(
+        channel_name="alive",
+        canvas_id=canvas.pk,
+        player_id=None,
+        server="test:1",
+        ip="198.51.100.8",
+        ip_limit=1,
+    )
+    with pytest.raises(exc.TooManyConnections):
+        services.connection_open(
+            channel_name="one-too-many",
+            canvas_id=canvas.pk,
+            player_id=None,
+            server="test:1",
+            ip="198.51.100.8",
+            ip_limit=1,
+        )
 
 
 def test_ip_limit_counts_placements_per_address_per_cooldown_period(

@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import threading
+import time
 
 import pytest
 
@@ -363,3 +365,48 @@ async def test_the_consumer_also_runs_under_channels_url_router(canvas):
     hello = json.loads(await client.receive_from(timeout=5))
     assert hello["type"] == "hello" and hello["user"] is None
     await client.disconnect()
+
+
+async def _rows_when_settled(seconds: float = 3) -> int:
+    """Connection rows once the database thread has done what was queued."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        rows = await adb(Connection.objects.count)()
+        if rows == 0 or asyncio.get_running_loop().time() > deadline:
+            return rows
+        await asyncio.sleep(0.1)
+
+
+async def test_a_socket_killed_mid_handshake_leaves_no_row(canvas, monkeypatch):
+    """Daphne cancels the task of a handshake that outlives its timeouts (a
+    storm of connections, a slow database). Its row is being written at that
+    moment; it must not stay behind, counted online and against the address."""
+    from canvas import consumers
+
+    real_admit = consumers._admit
+    admitting = threading.Event()
+
+    def slow_admit(*args, **kwargs):
+        admitting.set()
+        time.sleep(0.5)
+        return real_admit(*args, **kwargs)
+
+    monkeypatch.setattr(consumers, "_admit", slow_admit)
+    client = communicator("test")
+    await client.send_input({"type": "websocket.connect"})
+    while not admitting.is_set():
+        await asyncio.sleep(0.01)
+    client.future.cancel()  # what daphne's application checker does
+    await asyncio.sleep(1)  # the admit's insert lands meanwhile
+    assert await _rows_when_settled() == 0
+
+
+async def test_a_socket_killed_after_its_hello_leaves_no_row_or_listener(canvas):
+    from canvas.hub import registry
+
+    client, _ = await connect("test")
+    hub = registry.hubs[canvas.pk]
+    assert len(hub.listeners) == 1 and await adb(Connection.objects.count)() == 1
+    client.future.cancel()
+    assert await _rows_when_settled() == 0
+    assert hub.listeners == set()

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from canvas import exceptions as exc
 from canvas import selectors, services
-from canvas.models import Canvas, Chunk, Cooldown, Placement, Player
+from canvas.models import Canvas, Chunk, Connection, Cooldown, Placement, Player
 
 
 @pytest.fixture
@@ -201,3 +201,27 @@ def test_anonymous_session_players_get_a_generated_name(db, settings):
     assert services.player_identify(user=AnonymousUser(), session_key="x" * 32) is None
     settings.PLACE_REQUIRE_LOGIN = True
     assert services.player_identify(user=AnonymousUser(), session_key=key) is None
+
+
+def test_heartbeat_refreshes_only_the_sockets_the_process_holds(make_canvas):
+    """A row whose socket the process lost (its task killed) goes stale and is
+    swept, instead of being kept alive for as long as the process runs."""
+    canvas = make_canvas()
+    for name in ["held", "lost"]:
+        Connection.objects.create(channel_name=name, canvas=canvas, server="host:1")
+    Connection.objects.create(channel_name="other", canvas=canvas, server="host:2")
+    Connection.objects.update(last_seen=timezone.now() - timedelta(seconds=60))
+    services.connections_heartbeat(server="host:1", channel_names=["held", "other"])
+    assert services.connections_sweep(stale_seconds=40) == 2
+    assert list(Connection.objects.values_list("channel_name", flat=True)) == ["held"]
+
+
+def test_heartbeat_refreshes_more_sockets_than_one_statement_binds(make_canvas):
+    canvas = make_canvas()
+    names = [f"socket-{i}" for i in range(services.HEARTBEAT_CHUNK * 2 + 1)]
+    Connection.objects.bulk_create(
+        Connection(channel_name=n, canvas=canvas, server="host:1") for n in names
+    )
+    Connection.objects.update(last_seen=timezone.now() - timedelta(seconds=60))
+    services.connections_heartbeat(server="host:1", channel_names=names)
+    assert services.connections_sweep(stale_seconds=40) == 0
