@@ -44,6 +44,8 @@ REAP_SECONDS = 1.0
 TIMEOUT_SECONDS = 2.0
 # How long a closed socket may take to hand its last bytes to a slow reader.
 LINGER_SECONDS = 10.0
+# How long a WebSocket handshake may take before daphne drops it (daphne: 5).
+HANDSHAKE_SECONDS = 30
 
 
 class Inbox:
@@ -114,6 +116,11 @@ class PlaceServer(Server):
         # (when, n, weakref to protocol): each connection's next timeout check.
         self.due: list = []
         self.due_order = itertools.count()
+
+    def run(self) -> None:
+        if self.verbosity <= 1:
+            _skip_autobahn_debug_formatting()
+        super().run()
 
     def listen_success(self, port) -> None:
         # Autobahn fails a bad frame (invalid UTF-8, a protocol error) by
@@ -275,8 +282,30 @@ def _note_done(attention: set, protocol, _task) -> None:
     attention.add(protocol)
 
 
+def _skip_autobahn_debug_formatting() -> None:
+    """Autobahn pretty-prints its whole configuration for a debug line on every
+    new connection, whether or not anything logs it: a fifth of the event
+    loop's time in a storm of handshakes. At verbosity 1 or less daphne sends
+    twisted's log (where that line goes) nowhere, so it is not formatted."""
+    import autobahn.websocket.protocol as autobahn_protocol
+
+    autobahn_protocol.pformat = _unformatted
+
+
+def _unformatted(value: object, *args, **kwargs) -> str:
+    return "(not formatted: daphne discards twisted's log at this verbosity)"
+
+
 class PlaceCommandLine(CommandLineInterface):
     server_class = PlaceServer
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Daphne's 5 s for a handshake is shorter than a storm takes to clear
+        # (every client of a restarted process reconnecting at once): a
+        # handshake dropped at 5 s has already cost its database work, and
+        # its client comes back to cost it again.
+        self.parser.set_defaults(websocket_connect_timeout=HANDSHAKE_SECONDS)
 
 
 if __name__ == "__main__":

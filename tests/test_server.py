@@ -328,3 +328,23 @@ def test_the_launcher_closes_bad_frames_with_1007_or_1002_and_no_reply(tmp_path)
         closes = [body for op, body in frames if op == 0x8]
         assert set(texts) <= {"hello", "online"}  # the bad frame got no answer
         assert closes and struct.unpack("!H", closes[0][:2])[0] == code
+
+
+def test_the_launcher_gives_handshakes_30_s_unless_told_otherwise():
+    """Daphne's 5 s dropped most of a storm of 1,000 handshakes on one process
+    (each had already done its database work); operators can still choose."""
+    cli = srv.PlaceCommandLine()
+    default = cli.parser.parse_args(["placeproject.asgi:application"])
+    assert default.websocket_connect_timeout == srv.HANDSHAKE_SECONDS == 30
+    chosen = cli.parser.parse_args(
+        ["--websocket_connect_timeout", "7", "placeproject.asgi:application"]
+    )
+    assert chosen.websocket_connect_timeout == 7
+
+
+def test_autobahn_debug_lines_are_not_formatted_when_nothing_logs_them(monkeypatch):
+    import autobahn.websocket.protocol as autobahn_protocol
+
+    monkeypatch.setattr(autobahn_protocol, "pformat", autobahn_protocol.pformat)
+    srv._skip_autobahn_debug_formatting()
+    assert "not formatted" in autobahn_protocol.pformat([("a", 1, "b")] * 100)
