@@ -127,7 +127,9 @@ class PlaceServer(Server):
         # dropping the TCP connection; send the close code (1007, 1002) first,
         # so the client learns why, and cut off every graceful close that
         # lingers (PlaceWebSocketProtocol). The factory exists once we listen.
-        self.ws_factory.setProtocolOptions(failByDrop=False)
+        # (allowNullOrigin again: unlike the others it is reset when left out;
+        # daphne lets `Origin: null` through for the application to refuse.)
+        self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         self.ws_factory.protocol = PlaceWebSocketProtocol
         super().listen_success(port)
 

@@ -318,9 +318,27 @@ def test_the_launcher_closes_bad_frames_with_1007_or_1002_and_no_reply(tmp_path)
             writer.close()
             return _frames(data)
 
+        async def handshake_status(origin: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                b"GET /ws/canvases/main/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Origin: " + origin + b"\r\n\r\n"
+            )
+            status = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            return status.split(b" ")[1]
+
         place = b'{"type": "place", "x": 1, "y": 1, "color": 1}'
         not_utf8 = asyncio.run(send_bad(0x81, b'{"type": "place", "x": \xff}'))
         reserved_bit = asyncio.run(send_bad(0xC1, place))  # RSV1, no extension
+        # Refused origins all get the same 403 (autobahn would say 400 to null).
+        refused = [
+            asyncio.run(handshake_status(o)) for o in [b"null", b"http://x.test"]
+        ]
+        assert refused == [b"403", b"403"]
     finally:
         stack.stop()
     for frames, code in [(not_utf8, 1007), (reserved_bit, 1002)]:
