@@ -8,6 +8,7 @@ address says which pixel is there and at what zoom), never from page state.
 import asyncio
 import concurrent.futures
 import io
+import math
 import os
 import re
 import shutil
@@ -365,6 +366,96 @@ def test_a_drag_pans_and_never_places(stack, open_page):
     assert "ready" in page.locator('[data-role="cooldown"]').inner_text().lower()
 
 
+def coords_shown(page) -> tuple[int, int]:
+    """The pixel the toolbar's readout names (under the mouse, or the centre)."""
+    text = page.locator('[data-role="coords"]').inner_text()
+    x, y = re.match(r"\((\d+), (\d+)\)", text).groups()
+    return int(x), int(y)
+
+
+def test_a_click_places_the_pixel_the_reticle_names_after_a_wheel_zoom(
+    stack, open_page
+):
+    """After a zoom the view settles on a pixel's centre, sliding the board
+    under a still mouse; the reticle and readout follow, so a click places
+    exactly the pixel they named. A slip before release keeps the pressed one."""
+    url = stack.servers[0].url
+    stack.manage(
+        "createcanvas", "aim", "--width", "200", "--height", "150", "--cooldown", "0"
+    )
+    page = open_page(f"{url}/c/aim/?x=100&y=75&z=6")
+    page.locator('[data-color="5"]').click()
+    placed = []
+    # Each settle slides up to half a pixel: over several tries, some slide
+    # a neighbour under the mouse (6 of 10 tries in the probe that found it).
+    tries = [((747, 535), 3), ((511, 358), 2), ((705, 219), 4), ((433, 611), 1)]
+    tries += [((861, 277), 2), ((379, 199), 3), ((1003, 455), 1), ((655, 643), 2)]
+    for (mx, my), notches in tries:
+        page.mouse.move(mx, my)
+        for _ in range(notches):
+            page.mouse.wheel(0, -120)
+            page.wait_for_timeout(30)
+        page.wait_for_timeout(800)  # the settle is over
+        target = coords_shown(page)
+        # The pixel under the mouse, by the contract (the address's pixel is
+        # at the board's centre), is the one the readout names.
+        cx, cy, z = view_of(page)
+        box = page.locator('[data-role="board"]').bounding_box()
+        mid_x, mid_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        under = (
+            math.floor(cx + 0.5 + (mx - mid_x) / z),
+            math.floor(cy + 0.5 + (my - mid_y) / z),
+        )
+        assert target == under
+        page.mouse.click(mx, my)
+        placed.append(target)
+    page.mouse.move(600, 500)
+    page.mouse.down()
+    pressed = coords_shown(page)
+    page.mouse.move(604, 500)  # under the drag threshold: still a click
+    page.mouse.up()
+    placed.append(pressed)
+    deadline = time.monotonic() + 5
+    while True:
+        board = board_bytes(url, "aim")
+        painted = {(i % 200, i // 200) for i, c in enumerate(board) if c == 5}
+        if painted == set(placed) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert painted == set(placed)
+
+
+def test_the_view_always_names_a_pixel_of_the_canvas(stack, open_page):
+    url = stack.servers[0].url
+    page = open_page(f"{url}/c/zoom/?x=5000&y=-20&z=8")
+    assert wait_view(page) == (63, 0, 8)
+    page.locator('[data-role="board"]').focus()
+    page.keyboard.press("Shift+ArrowRight")  # further past the edge: stays on it
+    page.keyboard.press("i")
+    inspector = page.locator('[data-role="inspector"]')
+    inspector.wait_for(state="visible")
+    assert "(63, 0)" in inspector.inner_text()
+    # A zoom alone: the middle of the canvas at that zoom.
+    alone = open_page(f"{url}/c/zoom/?z=16")
+    assert wait_view(alone) == (32, 32, 16)
+
+
+def test_a_second_tab_of_the_same_player_counts_the_cooldown_down_too(stack, open_page):
+    url = stack.servers[0].url
+    first = open_page(f"{url}/c/keys/?x=40&y=40&z=8")
+    second = first.context.new_page()
+    second.goto(f"{url}/c/keys/?x=40&y=40&z=8")
+    wait_live(second)
+    cooldown = second.locator('[data-role="cooldown"]')
+    assert "ready" in cooldown.inner_text().lower()
+    first.locator('[data-color="9"]').click()
+    click_pixel(first, 41, 41)
+    second.wait_for_function(
+        "el => /^0:0[1-3]$/.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    second.close()
+
+
 def test_a_phone_places_by_tap_with_palette_and_cooldown_in_reach(stack, open_page):
     url = stack.servers[0].url
     colours = palette(url, "phone")
@@ -508,6 +599,7 @@ def test_a_phone_pans_with_one_finger_and_pinches_to_zoom(stack, open_page):
 
 def test_visitors_watch_until_they_sign_up_from_the_page(tmp_path, open_page):
     stack = make_stack(tmp_path, env={"PLACE_REQUIRE_LOGIN": "true"})
+    page = None
     try:
         stack.manage("createcanvas", "s", "--width", "32", "--height", "32")
         url = stack.servers[0].url
@@ -536,6 +628,8 @@ def test_visitors_watch_until_they_sign_up_from_the_page(tmp_path, open_page):
         click_pixel(page, 21, 16)
         wait_colours(page, {(21, 16): colours[5]})
     finally:
+        if page:
+            page.close()  # before its server goes, or it logs the reconnects
         stack.stop()
 
 
@@ -664,6 +758,14 @@ def test_after_a_server_restart_the_page_reconnects_and_matches_the_board(
 
         stack.kill(server)
         page.wait_for_selector('[data-role="status"][data-state="offline"]')
+        # Nothing stale while offline: no count, no "Ready", a retry countdown.
+        cooldown = page.locator('[data-role="cooldown"]')
+        page.wait_for_function(
+            "el => el.textContent === 'Offline'", arg=cooldown.element_handle()
+        )
+        assert page.locator('[data-role="online"]').inner_text() == ""
+        status = page.locator('[data-role="status"]').inner_text()
+        assert re.fullmatch(r"offline, retrying in \d+ s", status), status
         place_offline(stack, "r", [(x, 10, 3 + x % 10) for x in range(64)])
         server = stack.start_server(port=server.port)
         # Right after the restart, probably before the page is back.

@@ -18,6 +18,7 @@
   const messageEl = $('message');
   const inspectorEl = $('inspector');
   const notifyEl = $('notify');
+  const announceEl = $('announce');
   const swatches = Array.from(document.querySelectorAll('[data-color]'));
   const nextLinks = Array.from(document.querySelectorAll('a[href*="next="]'));
   const api = '/api/canvases/' + encodeURIComponent(config.slug) + '/';
@@ -91,8 +92,9 @@
   function minZoom() { return Math.min(1, fitZoom() / 2); }
   function clampCam() {
     cam.z = Math.min(MAX_ZOOM, Math.max(minZoom(), cam.z));
-    cam.cx = Math.min(width, Math.max(0, cam.cx));
-    cam.cy = Math.min(height, Math.max(0, cam.cy));
+    // The centre stays on a pixel of the canvas, so the address always names one.
+    cam.cx = Math.min(width - 0.5, Math.max(0.5, cam.cx));
+    cam.cy = Math.min(height - 0.5, Math.max(0.5, cam.cy));
   }
   function screenToCanvas(sx, sy) {
     const r = boardRect();
@@ -126,9 +128,16 @@
   function readUrl() {
     const q = new URLSearchParams(location.search);
     const x = parseFloat(q.get('x')), y = parseFloat(q.get('y')), z = parseFloat(q.get('z'));
-    if (!Number.isFinite(x) || !Number.isFinite(y)) return false;
+    const zoomed = Number.isFinite(z) && z > 0;
+    if (!Number.isFinite(x) || !Number.isFinite(y)) {
+      if (!zoomed) return false;
+      // A zoom alone: the middle of the canvas at that zoom.
+      cam.cx = width / 2; cam.cy = height / 2; cam.z = z;
+      clampCam();
+      return true;
+    }
     cam.cx = Math.floor(x) + 0.5; cam.cy = Math.floor(y) + 0.5;
-    cam.z = Number.isFinite(z) && z > 0 ? z : 4;
+    cam.z = zoomed ? z : 4;
     clampCam();
     return true;
   }
@@ -209,6 +218,9 @@
     const z = cam.z * dpr;
     ctx.setTransform(z, 0, 0, z, view.width / 2 - cam.cx * z, view.height / 2 - cam.cy * z);
     ctx.drawImage(offscreen, 0, 0);
+    // The camera may have moved under a still mouse (a wheel zoom, the settle):
+    // the reticle names the pixel a click there would place, not the old one.
+    if (mouseAt) hover = pixelAt(mouseAt.x, mouseAt.y);
     positionReticle();
     showCoords();
   }
@@ -216,9 +228,12 @@
   // The reticle marks the pixel a click would act on: under the mouse, or the
   // centre pixel for keyboard and touch players.
   let hover = null;
+  let mouseAt = null;      // the mouse's last position over the board
+  let tapped = null;       // a tap's pixel, marked briefly: touch has no hover
   let keyboardCursor = false;
   function target() {
     if (hover) return hover;
+    if (tapped && tapped.until > Date.now()) return tapped;
     if (keyboardCursor) return { x: Math.floor(cam.cx), y: Math.floor(cam.cy) };
     return null;
   }
@@ -233,7 +248,9 @@
       ((t.y + 0.5 - cam.cy) * cam.z + r.height / 2 - size / 2) + 'px)';
     reticle.style.width = size + 'px';
     reticle.style.height = size + 'px';
-    reticle.style.setProperty('--preview', selected === null ? 'transparent' : config.palette[selected]);
+    // A tap's mark shows where it landed, not a colour that may have been refused.
+    const preview = selected === null || t === tapped ? 'transparent' : config.palette[selected];
+    reticle.style.setProperty('--preview', preview);
   }
   function showCoords() {
     const t = target() || { x: Math.floor(cam.cx), y: Math.floor(cam.cy) };
@@ -317,6 +334,7 @@
   let identified = false; // hello named a player (signed in, or anonymous play)
   let banned = false;     // a `banned` message or refusal, until `until` or an accept
   let paused = false;     // a `canvas` message or refusal, until open again or an accept
+  let connected = false;  // hello received, socket still open
   let bannedTimer = null;
   let wasWaiting = false;
   function setCooldown(seconds) {
@@ -329,10 +347,11 @@
   }
   function tickCooldown() {
     const left = Math.max(0, cooldownEnds - Date.now());
-    const free = identified && !banned && !paused;
+    const free = identified && !banned && !paused && connected;
     cooldownEl.classList.toggle('ready', free && left <= 0);
     if (!free) {
       if (!identified) cooldownEl.textContent = config.requireLogin && !config.player ? 'Log in to place' : 'Watching';
+      else if (!connected) cooldownEl.textContent = 'Offline';
       else cooldownEl.textContent = banned ? 'Banned' : 'Paused';
       document.title = baseTitle;
     } else if (left <= 0) {
@@ -377,6 +396,9 @@
       ' when you can place again.', 'info');
   });
   function cooldownEnded() {
+    // The countdown itself is not a live region (it would be read every second).
+    announceEl.textContent = 'You can place again.';
+    setTimeout(function () { announceEl.textContent = ''; }, 3000);
     if (!alerts) return;
     beep();
     if ('Notification' in window && Notification.permission === 'granted' && document.hidden) {
@@ -418,21 +440,55 @@
   // ---- socket with reconnect (exponential backoff, jitter) ----
   let socket = null;
   let attempts = 0;
+  let retryTimer = null;
+  let retryAt = 0;
   function setStatus(text, state) {
     statusEl.textContent = text;
     statusEl.dataset.state = state;
     statusEl.classList.toggle('live', state === 'live');
   }
   function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     socket = new WebSocket(scheme + location.host + '/ws/canvases/' + encodeURIComponent(config.slug) + '/');
     setStatus(attempts ? 'reconnecting…' : 'connecting…', 'connecting');
     socket.onmessage = function (event) { onMessage(JSON.parse(event.data)); };
     socket.onclose = function () {
-      const delay = Math.min(30000, 500 * Math.pow(2, attempts)) * (0.5 + Math.random());
+      connected = false;
+      onlineEl.textContent = ''; // not known until we are back
+      tickCooldown();
+      const delay = Math.min(15000, 500 * Math.pow(2, attempts)) * (0.5 + Math.random());
       attempts += 1;
-      setStatus('offline, retrying in ' + Math.ceil(delay / 1000) + ' s', 'offline');
-      setTimeout(connect, delay);
+      retryAt = Date.now() + delay;
+      retryTimer = setTimeout(connect, delay);
+      showRetry();
+    };
+  }
+  function showRetry() {
+    if (retryTimer === null) return;
+    const s = Math.max(1, Math.ceil((retryAt - Date.now()) / 1000));
+    setStatus('offline, retrying in ' + s + ' s', 'offline');
+  }
+  setInterval(showRetry, 1000);
+  // Back on the network, or back to the tab: try now rather than at the backoff's end.
+  function retryNow() { if (retryTimer !== null) connect(); }
+  window.addEventListener('online', retryNow);
+  document.addEventListener('visibilitychange', function () {
+    if (!document.hidden) retryNow();
+  });
+  statusEl.addEventListener('click', retryNow);
+
+  // Other tabs of this browser are the same player: share the cooldown.
+  const tabs = window.BroadcastChannel ? new BroadcastChannel('place:' + config.slug) : null;
+  let me = null; // the player hello named
+  if (tabs) {
+    tabs.onmessage = function (event) {
+      const m = event.data || {};
+      if (m.user !== null && m.user === me && m.until > cooldownEnds) {
+        cooldownEnds = m.until;
+        tickCooldown();
+      }
     };
   }
 
@@ -440,9 +496,11 @@
     switch (msg.type) {
       case 'hello':
         attempts = 0;
+        connected = true;
         setStatus('live', 'live');
         // can_place false with a user: a `banned` or `canvas` message says why.
         identified = msg.user !== null;
+        me = msg.user;
         setBanned(false); paused = false;
         setCooldown(msg.cooldown_remaining);
         // After a reconnect anything may have been missed: resync from a snapshot.
@@ -455,6 +513,7 @@
       case 'accepted':
         setBanned(false); paused = false;
         setCooldown(msg.cooldown_remaining);
+        if (tabs) tabs.postMessage({ user: me, until: cooldownEnds });
         break;
       case 'rejected':
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
@@ -572,6 +631,7 @@
   const pointers = new Map();
   let dragged = false;
   let downAt = null;
+  let downPixel = null;
   let pinchDistance = 0;
   const DRAG_THRESHOLD = 6;
 
@@ -585,12 +645,18 @@
     boardEl.setPointerCapture(e.pointerId);
     keyboardCursor = false;
     pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
-    if (pointers.size === 1) { dragged = false; downAt = { x: e.clientX, y: e.clientY }; }
+    if (pointers.size === 1) {
+      dragged = false;
+      downAt = { x: e.clientX, y: e.clientY };
+      // A click acts where it was pressed, whatever the small slip before release.
+      downPixel = pixelAt(e.clientX, e.clientY);
+    }
     if (pointers.size === 2) { dragged = true; pinchDistance = distance(); }
     interacting = true;
   });
   boardEl.addEventListener('pointermove', function (e) {
-    hover = e.pointerType === 'mouse' ? pixelAt(e.clientX, e.clientY) : null;
+    mouseAt = e.pointerType === 'mouse' ? { x: e.clientX, y: e.clientY } : null;
+    hover = mouseAt ? pixelAt(mouseAt.x, mouseAt.y) : null;
     needsDraw = true;
     const prev = pointers.get(e.pointerId);
     if (!prev) return;
@@ -614,7 +680,9 @@
     }
     pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
   });
-  boardEl.addEventListener('pointerleave', function () { hover = null; needsDraw = true; });
+  boardEl.addEventListener('pointerleave', function () {
+    hover = null; mouseAt = null; needsDraw = true;
+  });
   function pointerEnd(e) {
     if (!pointers.has(e.pointerId)) return;
     pointers.delete(e.pointerId);
@@ -622,7 +690,12 @@
     if (pointers.size === 0) {
       interacting = false;
       if (!dragged && e.type === 'pointerup') {
-        const p = pixelAt(e.clientX, e.clientY);
+        const p = downPixel;
+        if (p && e.pointerType !== 'mouse') {
+          tapped = { x: p.x, y: p.y, until: Date.now() + 1500 };
+          setTimeout(function () { needsDraw = true; }, 1500);
+          needsDraw = true;
+        }
         if (p && selected !== null) place(p.x, p.y);
         else if (p) inspect(p.x, p.y);
       }
@@ -661,12 +734,13 @@
       Enter: function () { place(Math.floor(cam.cx), Math.floor(cam.cy)); },
       ' ': function () { place(Math.floor(cam.cx), Math.floor(cam.cy)); },
       i: function () { inspect(Math.floor(cam.cx), Math.floor(cam.cy)); },
+      I: function () { inspect(Math.floor(cam.cx), Math.floor(cam.cy)); },
       Escape: function () { inspectorEl.hidden = true; if (selected !== null) select(selected); },
     };
     if (!keys[e.key]) return;
     e.preventDefault();
     keyboardCursor = true;
-    hover = null;
+    hover = null; mouseAt = null; tapped = null;
     keys[e.key]();
     clampCam();
     needsDraw = true;
