@@ -474,6 +474,17 @@ def connections_heartbeat(*, server: str, channel_names: list[str]) -> None:
     long as the process lives.
     """
     now = timezone.now()
+    if connection.vendor == "postgresql":
+        # One array parameter: the ORM's IN list of 10,000 names cost the
+        # process ~0.1-0.25 s of CPU a beat, the array ~0.02 s.
+        table = connection.ops.quote_name(Connection._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET last_seen = %s"
+                " WHERE server = %s AND channel_name = ANY(%s)",
+                [now, server, list(channel_names)],
+            )
+        return
     for start in range(0, len(channel_names), HEARTBEAT_CHUNK):
         chunk = channel_names[start : start + HEARTBEAT_CHUNK]
         Connection.objects.filter(server=server, channel_name__in=chunk).update(
