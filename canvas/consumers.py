@@ -1,9 +1,11 @@
 """The WebSocket endpoint: parse, call a service, reply. No ORM here."""
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import NamedTuple
 
 from autobahn.exception import Disconnected
@@ -34,6 +36,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     session_key: str | None = None
     wire = None  # daphne's socket, once accepted
     hub = None
+    channel_name = ""  # set in connect
     # From the moment its row may be written until the row is deleted.
     row_open = False
 
@@ -86,7 +89,11 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # The row may be written from here on, even if this task is cancelled
         # while it waits: release() deletes it after the write, whichever way.
         self.row_open = True
+        registry.held.add(self.channel_name)
         try:
+            if not await database_sync_to_async(_below_cap)(self.ip):
+                # Already at the cap: refused for one count, not a whole admit.
+                raise exc.TooManyConnections(self.ip)
             identity = await database_sync_to_async(_admit)(
                 # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
                 self.slug
@@ -208,17 +215,25 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         if self.hub is not None:
             self.hub.leave(self)
             self.hub = None
-        if not self.row_open:
+        if not self.row_open or registry.closing:
+            # No row, or the process is stopping: then the next start's sweep
+            # (or, from another host, the stale sweep) removes all its rows.
+            self.row_open = False
+            registry.held.discard(self.channel_name)
             return
         self.row_open = False
         # Shielded: daphne cancels a slow task again every few seconds, and the
         # delete must still happen. Database calls run in order on one thread,
-        # so it lands after an insert that was still in flight.
-        delete = database_sync_to_async(services.connection_close)
-        try:
-            await asyncio.shield(delete(channel_name=self.channel_name))
-        except DatabaseError:  # swept as stale once no heartbeat refreshes it
-            log.warning("could not remove a closed socket's row", exc_info=True)
+        # so it lands after an insert that was still in flight. The row stays
+        # held (refreshed) until it is gone.
+        delete = asyncio.ensure_future(
+            database_sync_to_async(services.connection_close)(
+                channel_name=self.channel_name
+            )
+        )
+        delete.add_done_callback(partial(_row_deleted, self.channel_name))
+        with contextlib.suppress(DatabaseError):  # logged by _row_deleted
+            await asyncio.shield(delete)
 
     async def deliver(self, frame: str) -> None:
         """A broadcast frame from the hub; held back until `hello` has gone out."""
@@ -305,6 +320,24 @@ class Identity(NamedTuple):
     player_name: str | None
     cooldown_remaining: float
     ban: tuple[datetime, str] | None  # (until, reason) while banned
+
+
+def _row_deleted(channel_name: str, delete: asyncio.Future) -> None:
+    registry.held.discard(channel_name)
+    if not delete.cancelled() and isinstance(delete.exception(), DatabaseError):
+        # Swept as stale once no heartbeat refreshes it.
+        log.warning(
+            "could not remove a closed socket's row", exc_info=delete.exception()
+        )
+
+
+def _below_cap(ip: str | None) -> bool:
+    """A cheap first look at the address's open sockets (the exact, locked
+    count comes with the row in `_admit`)."""
+    limit = settings.PLACE_MAX_CONNECTIONS_PER_IP
+    if limit <= 0 or not ip:
+        return True
+    return selectors.connections_held(ip=ip) < limit
 
 
 def _admit(

@@ -12,11 +12,14 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from asgiref.sync import sync_to_async
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django import db
 from django.conf import settings
 
 from . import broadcast, metrics, protocol, selectors, services, sockets
@@ -36,6 +39,24 @@ WRITE_SHARE = 0.6
 BUSY_WINDOW = 1.0
 # Close tasks started from synchronous code, kept referenced until they finish.
 _background: set[asyncio.Task] = set()
+
+# The heartbeat's own thread. Every other database call of a consumer or hub
+# waits its turn on asgiref's one shared thread, which a storm of handshakes
+# can keep busy for longer than the stale time: queued behind it, a heartbeat
+# would arrive too late and another process would sweep live sockets' rows.
+_upkeep_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place-upkeep")
+
+
+def _upkeep(func):
+    def call(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            # Nothing of this thread's outlives the call (a test database
+            # cannot be dropped while a session is open on it).
+            db.connections.close_all()
+
+    return sync_to_async(call, thread_sensitive=False, executor=_upkeep_thread)
 
 
 class Listener(Protocol):
@@ -258,8 +279,21 @@ class Hub:
                     log.debug(
                         "dropping a listener that failed to receive", exc_info=True
                     )
-                    self.leave(listener)
+                    self._drop(listener, wire)
             return time.perf_counter() - started - awaited
+
+    def _drop(self, listener: Listener, wire: WebSocketProtocol | None) -> None:
+        """Stop feeding a socket that failed, and end it: an open socket that
+        gets nothing would be out of step without knowing it."""
+        self.leave(listener)
+        if wire is not None:
+            sockets.abort_if_open(wire)
+            return
+        close = getattr(listener, "close", None)
+        if close is not None:
+            task = asyncio.ensure_future(close(code=1011))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     def _close_slow(
         self, listener: Listener, wire: WebSocketProtocol | None = None
@@ -335,6 +369,12 @@ class Registry:
         self.hubs: dict[int, Hub] = {}
         self.starting: dict[int, asyncio.Future] = {}
         self.heartbeat: asyncio.Task | None = None
+        # Channel names of this process's sockets whose rows may exist: from
+        # the moment a row may be written until it is deleted (consumers).
+        self.held: set[str] = set()
+        # Stopping: sockets leave their rows to the next start's sweep rather
+        # than delete them one by one while daphne waits for every task.
+        self.closing = False
 
     def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -374,7 +414,7 @@ class Registry:
         )
 
     async def _heartbeat_forever(self) -> None:
-        await database_sync_to_async(sweep_dead_local_servers)()
+        await _upkeep(sweep_dead_local_servers)()
         while True:
             await asyncio.sleep(settings.PLACE_HEARTBEAT_SECONDS)
             try:
@@ -385,21 +425,15 @@ class Registry:
                 log.warning("heartbeat failed; will retry", exc_info=True)
 
     async def beat(self) -> None:
-        held = [
-            name
-            for hub in self.hubs.values()
-            for listener in hub.listeners
-            if (name := getattr(listener, "channel_name", None))
-        ]
-        await database_sync_to_async(services.connections_heartbeat)(
-            server=SERVER_ID, channel_names=held
+        await _upkeep(services.connections_heartbeat)(
+            server=SERVER_ID, channel_names=list(self.held)
         )
-        await database_sync_to_async(services.connections_sweep)(
+        await _upkeep(services.connections_sweep)(
             stale_seconds=settings.PLACE_CONNECTION_STALE_SECONDS
         )
         for hub in list(self.hubs.values()):
             await hub.rejoin_group()
-            count = await database_sync_to_async(selectors.connections_online)(
+            count = await _upkeep(selectors.connections_online)(
                 canvas_id=hub.canvas_id
             )
             # Only a changed count goes out: an idle canvas costs no per-socket

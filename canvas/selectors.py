@@ -5,7 +5,7 @@ import hashlib
 import io
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import import_module
 from types import SimpleNamespace
 
@@ -310,3 +310,9 @@ def cooldown_remaining(*, canvas: Canvas, player_id: int | None) -> float:
 
 def connections_online(*, canvas_id: int) -> int:
     return Connection.objects.filter(canvas_id=canvas_id).count()
+
+
+def connections_held(*, ip: str) -> int:
+    """Open sockets from `ip`, counting only rows a live process refreshes."""
+    cutoff = timezone.now() - timedelta(seconds=settings.PLACE_CONNECTION_STALE_SECONDS)
+    return Connection.objects.filter(ip=ip, last_seen__gte=cutoff).count()

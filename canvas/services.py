@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import broadcast
+from . import broadcast, selectors
 from . import exceptions as exc
 from .models import (
     CHUNK_SIZE,
@@ -437,11 +437,7 @@ def connection_open(
                     cursor.execute(
                         "SELECT pg_advisory_xact_lock(%s)", [_ip_lock_key(ip)]
                     )
-            cutoff = timezone.now() - timedelta(
-                seconds=settings.PLACE_CONNECTION_STALE_SECONDS
-            )
-            held = Connection.objects.filter(ip=ip, last_seen__gte=cutoff).count()
-            if held >= ip_limit:
+            if selectors.connections_held(ip=ip) >= ip_limit:
                 raise exc.TooManyConnections(ip)
         Connection.objects.create(
             channel_name=channel_name,

@@ -145,7 +145,7 @@ def _not_modified_response(headers: dict) -> HttpResponse:
 @_canvas_or_404
 def board(request: HttpRequest, canvas) -> HttpResponse:
     snapshot = selectors.board_snapshot(canvas=canvas)
-    gzipped = bool(ACCEPTS_GZIP.search(request.headers.get("Accept-Encoding", "")))
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     headers = {
         # The gzipped bytes decode to the same board: a weak tag, as Django's
         # GZipMiddleware gives (If-None-Match compares weakly, so either form
@@ -164,9 +164,23 @@ def board(request: HttpRequest, canvas) -> HttpResponse:
     return HttpResponse(data, content_type="application/octet-stream", headers=headers)
 
 
-# As Django's GZipMiddleware decides; a client that sends no Accept-Encoding
-# (a bare socket, urllib) gets the plain bytes.
-ACCEPTS_GZIP = re.compile(r"\bgzip\b")
+def accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding allows gzip (RFC 9110 12.5.3): named, or `*`,
+    with a q above 0. A client that sends none (a bare socket, urllib) gets
+    the plain bytes."""
+    weights: dict[str, float] = {}
+    for item in header.lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        q = 1.0
+        match = re.search(r"q\s*=\s*([0-9.]+)", params)
+        if match:
+            try:
+                q = float(match.group(1))
+            except ValueError:
+                q = 0.0
+        if coding.strip():
+            weights[coding.strip()] = q
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
 
 
 @_api_read
@@ -243,6 +257,7 @@ def _attempts_allowed(request: HttpRequest, kind: str, limit: int, window: int) 
 
 def _too_many(request: HttpRequest, template: str, form) -> HttpResponse:
     context = {"form": form, "throttled": MSG_TOO_MANY_ATTEMPTS}
+    context["next"] = _safe_next(request)
     return render(request, template, context, status=429)
 
 
@@ -296,6 +311,8 @@ def _safe_next(request: HttpRequest, default: str = "/") -> str:
     from django.utils.http import url_has_allowed_host_and_scheme
 
     target = request.POST.get("next") or request.GET.get("next") or default
-    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+    if url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return target
     return default

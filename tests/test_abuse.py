@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from canvas import exceptions as exc
 from canvas import services
+from canvas.hub import registry
 from canvas.models import Connection, Placement, Player
 
 from .conftest import adb, communicator, connect, send, session_key_create
@@ -69,6 +70,8 @@ async def test_connections_per_ip_are_capped(canvas, settings):
     third = communicator("test", client=("198.51.100.1", 3))
     connected, code = await third.connect(timeout=5)
     assert not connected and code == 4029
+    await third.wait(timeout=5)
+    assert len(registry.held) == 2  # the refused socket holds nothing
     # Another address is unaffected, and a freed slot can be used again.
     other, _ = await connect("test", client=("198.51.100.2", 1))
     await first.disconnect()

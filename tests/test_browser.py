@@ -640,6 +640,16 @@ OUTAGE_NOISE = re.compile(
 )
 
 
+# Everything the page announces to screen readers, as it is said.
+ANNOUNCE_SPY = """() => {
+  const region = document.querySelector('[data-role="announce"]');
+  window.__said = [];
+  new MutationObserver(() => {
+    if (region.textContent) window.__said.push(region.textContent);
+  }).observe(region, { childList: true, characterData: true, subtree: true });
+}"""
+
+
 def place_offline(stack, slug: str, pixels: list[tuple[int, int, int]]) -> None:
     """Place pixels straight through the service while no server runs."""
     code = (
@@ -753,6 +763,7 @@ def test_after_a_server_restart_the_page_reconnects_and_matches_the_board(
         server = stack.servers[0]
         colours = palette(server.url, "r")
         page = open_page(f"{server.url}/c/r/?x=32&y=32&z=6")
+        page.evaluate(ANNOUNCE_SPY)
         place_live(server, "r", [(1, 1, 5), (2, 1, 6)])
         wait_colours(page, {(1, 1): colours[5], (2, 1): colours[6]})
 
@@ -764,13 +775,22 @@ def test_after_a_server_restart_the_page_reconnects_and_matches_the_board(
             "el => el.textContent === 'Offline'", arg=cooldown.element_handle()
         )
         assert page.locator('[data-role="online"]').inner_text() == ""
-        status = page.locator('[data-role="status"]').inner_text()
-        assert re.fullmatch(r"offline, retrying in \d+ s", status), status
+        status = page.locator('[data-role="status"]')
+        assert re.fullmatch(r"offline, retrying in \d+ s", status.inner_text())
+        # Announced once (the countdown is not a live region); a button to retry.
+        assert status.get_attribute("aria-live") is None
+        assert status.get_attribute("role") == "button"
+        assert status.get_attribute("tabindex") == "0"
+        page.wait_for_function(
+            "() => window.__said.some(t => /connection lost/i.test(t))"
+        )
         place_offline(stack, "r", [(x, 10, 3 + x % 10) for x in range(64)])
         server = stack.start_server(port=server.port)
         # Right after the restart, probably before the page is back.
         place_live(server, "r", [(x, 20, 12) for x in range(0, 64, 2)])
         wait_live(page, timeout=30)
+        page.wait_for_function("() => window.__said.includes('Live again.')")
+        assert page.locator('[data-role="status"]').get_attribute("role") == "status"
         place_live(server, "r", [(5, y, 13) for y in range(64)])
 
         board = board_bytes(server.url, "r")

@@ -367,6 +367,11 @@ async def test_the_consumer_also_runs_under_channels_url_router(canvas):
     await client.disconnect()
 
 
+def client_channel(hub) -> str:
+    (listener,) = hub.listeners
+    return listener.channel_name
+
+
 async def _rows_when_settled(seconds: float = 3) -> int:
     """Connection rows once the database thread has done what was queued."""
     deadline = asyncio.get_running_loop().time() + seconds
@@ -406,7 +411,27 @@ async def test_a_socket_killed_after_its_hello_leaves_no_row_or_listener(canvas)
 
     client, _ = await connect("test")
     hub = registry.hubs[canvas.pk]
+    assert registry.held == {client_channel(hub)}
     assert len(hub.listeners) == 1 and await adb(Connection.objects.count)() == 1
     client.future.cancel()
     assert await _rows_when_settled() == 0
-    assert hub.listeners == set()
+    assert hub.listeners == set() and registry.held == set()
+
+
+async def test_a_stopping_process_leaves_its_rows_to_the_sweep(canvas):
+    """Daphne waits for every task when it stops; one delete per socket would
+    hold the restart for seconds at 10,000 sockets. The next start sweeps."""
+    from canvas import services
+    from canvas.hub import SERVER_ID, registry
+
+    client, _ = await connect("test")
+    registry.closing = True
+    try:
+        client.future.cancel()
+        await asyncio.sleep(0.5)
+        assert await adb(Connection.objects.filter(server=SERVER_ID).count)() == 1
+        assert registry.held == set()
+    finally:
+        registry.closing = False
+    await adb(services.connections_sweep)(stale_seconds=40, dead_servers=[SERVER_ID])
+    assert await adb(Connection.objects.count)() == 0

@@ -377,3 +377,53 @@ async def test_busy_canvases_share_one_write_budget_per_process(
         gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
         assert len(gaps) >= 4
         assert gaps[len(gaps) // 2] >= 0.17  # the median: 0.2 s, not 0.1 s
+
+
+async def test_a_socket_that_fails_to_receive_is_closed_not_left_silent(make_canvas):
+    """Dropped from the hub, it must also end: an open socket that gets no more
+    frames would be out of step without knowing it."""
+    canvas = await adb(make_canvas)(slug="broken")
+    hub = Hub(canvas.pk)
+
+    class Broken(Recorder):
+        closed_with: int | None = None
+
+        async def deliver(self, frame: str) -> None:
+            raise RuntimeError("the transport is gone")
+
+        async def close(self, code: int) -> None:
+            self.closed_with = code
+
+    broken, healthy = Broken(), Recorder()
+    hub.join(broken)
+    hub.join(healthy)
+    hub.accept([[1, 0, 0, 1]])
+    await hub.flush()
+    await asyncio.sleep(0)
+    assert broken not in hub.listeners and broken.closed_with == 1011
+    assert [u[0] for f in healthy.frames for u in f["updates"]] == [1]
+
+
+async def test_the_heartbeat_is_not_queued_behind_other_database_calls(make_canvas):
+    """A storm of handshakes keeps the shared database thread busy; the
+    heartbeat has its own, or live sockets' rows would go stale and be swept."""
+    from channels.db import database_sync_to_async
+
+    from canvas.hub import SERVER_ID
+    from canvas.models import Connection
+
+    canvas = await adb(make_canvas)(slug="beat")
+    old = await adb(Connection.objects.create)(
+        channel_name="alive", canvas=canvas, server=SERVER_ID
+    )
+    registry.held.add("alive")
+    try:
+        busy = asyncio.ensure_future(database_sync_to_async(time.sleep)(3))
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(registry.beat(), 2)  # not after the 3 s call
+        assert not busy.done()
+        await busy
+        fresh = await adb(Connection.objects.get)(channel_name="alive")
+        assert fresh.last_seen > old.last_seen
+    finally:
+        registry.held.discard("alive")

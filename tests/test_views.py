@@ -95,6 +95,25 @@ def test_board_is_gzipped_for_clients_that_accept_it(client, make_canvas):
         assert again.status_code == 304
 
 
+@pytest.mark.parametrize(
+    "header, gzipped",
+    [
+        ("gzip, deflate, br", True),
+        ("br;q=1.0, gzip;q=0.8", True),
+        ("*", True),
+        ("x-gzip", True),
+        ("", False),
+        ("identity", False),
+        ("gzip;q=0, identity", False),
+        ("GZIP; Q=0.0", False),
+        ("*;q=0", False),
+        ("gzip;q=0, *", False),
+    ],
+)
+def test_gzip_only_where_accept_encoding_allows_it(header, gzipped):
+    assert views.accepts_gzip(header) is gzipped
+
+
 def test_board_png_shows_the_palette_colours(client, canvas):
     place(canvas, 2, 3, 5)  # red
     response = client.get("/api/canvases/test/board.png")
@@ -299,6 +318,25 @@ def test_account_pages_return_to_the_view_they_came_from(client, canvas):
     out = client.post("/accounts/logout/", {"next": view})
     assert out.status_code == 302 and out["Location"] == view
     assert not client.get(view).context["user"].is_authenticated
+
+
+def test_a_throttled_sign_up_still_returns_to_the_view(client, db, settings):
+    settings.PLACE_LOGIN_LIMIT = 1
+    view = "/c/test/?x=1&y=2&z=3"
+    form = {"username": "ivy", "password1": "a", "password2": "b", "next": view}
+    client.post("/accounts/signup/", form)
+    throttled = client.post("/accounts/signup/", form)
+    assert throttled.status_code == 429
+    assert f'name="next" value="{escape(view)}"' in throttled.content.decode()
+
+
+def test_an_https_site_never_returns_to_plain_http(client, canvas):
+    user = get_user_model().objects.create_user("jo", password="a-long-pass-123")
+    client.force_login(user)
+    out = client.post(
+        "/accounts/logout/", {"next": "http://testserver/c/test/"}, secure=True
+    )
+    assert out["Location"] == "/"
 
 
 def test_only_the_board_page_turns_off_the_browsers_zoom(client, canvas):

@@ -395,10 +395,13 @@
       ('Notification' in window ? ' and get a notification' : '') +
       ' when you can place again.', 'info');
   });
+  function announce(text) {
+    announceEl.textContent = text;
+    setTimeout(function () { if (announceEl.textContent === text) announceEl.textContent = ''; }, 3000);
+  }
   function cooldownEnded() {
     // The countdown itself is not a live region (it would be read every second).
-    announceEl.textContent = 'You can place again.';
-    setTimeout(function () { announceEl.textContent = ''; }, 3000);
+    announce('You can place again.');
     if (!alerts) return;
     beep();
     if ('Notification' in window && Notification.permission === 'granted' && document.hidden) {
@@ -442,10 +445,20 @@
   let attempts = 0;
   let retryTimer = null;
   let retryAt = 0;
+  // The status is not a live region (its retry countdown changes every
+  // second); going offline and coming back are announced once each. Offline,
+  // it is a button: click, Enter or Space reconnects now.
   function setStatus(text, state) {
+    if (state === 'offline' && statusEl.dataset.state !== 'offline') {
+      announce('Connection lost; reconnecting.');
+    }
+    if (state === 'live' && attempts > 0) announce('Live again.');
     statusEl.textContent = text;
     statusEl.dataset.state = state;
     statusEl.classList.toggle('live', state === 'live');
+    const offline = state === 'offline';
+    statusEl.setAttribute('role', offline ? 'button' : 'status');
+    statusEl.tabIndex = offline ? 0 : -1;
   }
   function connect() {
     clearTimeout(retryTimer);
@@ -478,6 +491,9 @@
     if (!document.hidden) retryNow();
   });
   statusEl.addEventListener('click', retryNow);
+  statusEl.addEventListener('keydown', function (e) {
+    if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); retryNow(); }
+  });
 
   // Other tabs of this browser are the same player: share the cooldown.
   const tabs = window.BroadcastChannel ? new BroadcastChannel('place:' + config.slug) : null;
@@ -495,9 +511,9 @@
   function onMessage(msg) {
     switch (msg.type) {
       case 'hello':
+        setStatus('live', 'live');
         attempts = 0;
         connected = true;
-        setStatus('live', 'live');
         // can_place false with a user: a `banned` or `canvas` message says why.
         identified = msg.user !== null;
         me = msg.user;
