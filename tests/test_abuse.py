@@ -143,23 +143,20 @@ def test_rows_nobody_refreshes_do_not_count_against_the_cap(make_canvas, setting
             channel_name=f"dead-{i}", canvas=canvas, server="gone:1", ip="198.51.100.8"
         )
     Connection.objects.filter(server="gone:1").update(last_seen=old)
-    services.connection_open(
-        channel_name="alive",
-        canvas_id=canvas.pk,
-        player_id=None,
-        server="test:1",
-        ip="198.51.100.8",
-        ip_limit=1,
-    )
-    with pytest.raises(exc.TooManyConnections):
+
+    def open_one(name: str) -> None:
         services.connection_open(
-            channel_name="one-too-many",
+            channel_name=name,
             canvas_id=canvas.pk,
             player_id=None,
             server="test:1",
             ip="198.51.100.8",
             ip_limit=1,
         )
+
+    open_one("alive")
+    with pytest.raises(exc.TooManyConnections):
+        open_one("one-too-many")
 
 
 def test_ip_limit_counts_placements_per_address_per_cooldown_period(

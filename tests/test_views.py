@@ -290,26 +290,11 @@ def test_account_pages_return_to_the_view_they_came_from(client, canvas):
     view = "/c/test/?x=12&y=34&z=5"
     form = client.get("/accounts/signup/", {"next": view})
     assert f"/accounts/login/?next={quote(view, safe='/')}" in form.content.decode()
-    typo = client.post(
-        "/accounts/signup/",
-        {
-            "username": "gina",
-            "password1": "a-long-pass-123",
-            "password2": "x",
-            "next": view,
-        },
-    )
+    form = {"username": "gina", "password1": "a-long-pass-123", "next": view}
+    typo = client.post("/accounts/signup/", form | {"password2": "x"})
     assert typo.status_code == 200 and typo.context["next"] == view
     assert f'name="next" value="{escape(view)}"' in typo.content.decode()
-    fixed = client.post(
-        "/accounts/signup/",
-        {
-            "username": "gina",
-            "password1": "a-long-pass-123",
-            "password2": "a-long-pass-123",
-            "next": view,
-        },
-    )
+    fixed = client.post("/accounts/signup/", form | {"password2": "a-long-pass-123"})
     assert fixed.status_code == 302 and fixed["Location"] == view
     page = client.get(view).content.decode()
     assert f"/accounts/logout/?next={quote(view, safe='/')}" in page
