@@ -433,9 +433,7 @@ class Registry:
         )
         for hub in list(self.hubs.values()):
             await hub.rejoin_group()
-            count = await _upkeep(selectors.connections_online)(
-                canvas_id=hub.canvas_id
-            )
+            count = await _upkeep(selectors.connections_online)(canvas_id=hub.canvas_id)
             # Only a changed count goes out: an idle canvas costs no per-socket
             # work, and a new socket gets the count with its hello.
             if count != hub.online_sent:
