@@ -180,9 +180,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.backlog = []
         # The hub sends the count every heartbeat; a new player sees it at once.
         try:
-            online = await database_sync_to_async(selectors.connections_online)(
-                canvas_id=self.canvas_id
-            )
+            online = await self.hub.online_count()
         except DatabaseError:  # the next heartbeat brings it instead
             log.warning("online count unavailable", exc_info=True)
             return

@@ -39,6 +39,8 @@ WRITE_SHARE = 0.6
 BUSY_WINDOW = 1.0
 # Close tasks started from synchronous code, kept referenced until they finish.
 _background: set[asyncio.Task] = set()
+# How long a read of the online count serves new sockets (adjusted locally).
+ONLINE_FRESH_SECONDS = 1.0
 
 # The heartbeat's own thread. Every other database call of a consumer or hub
 # waits its turn on asgiref's one shared thread, which a storm of handshakes
@@ -81,6 +83,10 @@ class Hub:
         self.wires: dict[Listener, WebSocketProtocol | None] = {}
         self.oldest_pending: float | None = None
         self.online_sent: int | None = None
+        # Open sockets across processes minus this process's own, as last read.
+        self.online_base: int | None = None
+        self.online_read_at = 0.0
+        self.online_reading: asyncio.Future | None = None
         # The settings players were last told (or saw in their hello).
         self.settings: tuple | None = None
         # One frame at a time: a frame sent while another is part-way through
@@ -102,6 +108,26 @@ class Hub:
             loop.create_task(self._tick_forever()),
             loop.create_task(self._watch_forever()),
         ]
+
+    async def online_count(self) -> int:
+        """Open sockets on the canvas across processes, for a new socket.
+
+        Read at most every ONLINE_FRESH_SECONDS and adjusted by this process's
+        own joins and leaves since: in a storm of handshakes, counting the
+        table again for every new socket queued thousands of growing counts
+        ahead of everything else.
+        """
+        stale = time.monotonic() - self.online_read_at >= ONLINE_FRESH_SECONDS
+        if self.online_base is None or stale:
+            if self.online_reading is None or self.online_reading.done():
+                self.online_reading = asyncio.ensure_future(self._read_online())
+            await asyncio.shield(self.online_reading)
+        return max(len(self.listeners), self.online_base + len(self.listeners))
+
+    async def _read_online(self) -> None:
+        local = len(self.listeners)
+        count = await _upkeep(selectors.connections_online)(canvas_id=self.canvas_id)
+        self.online_base, self.online_read_at = count - local, time.monotonic()
 
     def stop(self) -> None:
         for task in self.tasks:

@@ -435,3 +435,26 @@ async def test_a_stopping_process_leaves_its_rows_to_the_sweep(canvas):
         registry.closing = False
     await adb(services.connections_sweep)(stale_seconds=40, dead_servers=[SERVER_ID])
     assert await adb(Connection.objects.count)() == 0
+
+
+async def test_a_burst_of_new_sockets_counts_the_table_once(canvas, monkeypatch):
+    """Each new socket is told the online count; in a storm, counting the table
+    for every one queued thousands of growing counts ahead of everything else."""
+    from canvas import selectors
+
+    reads = []
+    real = selectors.connections_online
+
+    def counted(**kwargs):
+        reads.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(selectors, "connections_online", counted)
+    clients = []
+    for expected in range(1, 6):
+        client, _ = await connect("test")
+        clients.append(client)
+        assert (await receive_type(client, "online"))["count"] == expected
+    assert len(reads) == 1
+    for client in clients:
+        await client.disconnect()
