@@ -206,6 +206,13 @@ class Connection(models.Model):
     connected_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
 
+    class Meta:
+        indexes = [
+            # Every handshake counts its address's open sockets
+            # (PLACE_MAX_CONNECTIONS_PER_IP): without it, a scan of every row.
+            models.Index(fields=["ip", "last_seen"], name="connection_ip_seen"),
+        ]
+
     def __str__(self) -> str:
         return self.channel_name
 
