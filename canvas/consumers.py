@@ -91,9 +91,6 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         self.row_open = True
         registry.held.add(self.channel_name)
         try:
-            if not await database_sync_to_async(_below_cap)(self.ip):
-                # Already at the cap: refused for one count, not a whole admit.
-                raise exc.TooManyConnections(self.ip)
             identity = await database_sync_to_async(_admit)(
                 # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
                 self.slug
@@ -329,15 +326,6 @@ def _row_deleted(channel_name: str, delete: asyncio.Future) -> None:
         )
 
 
-def _below_cap(ip: str | None) -> bool:
-    """A cheap first look at the address's open sockets (the exact, locked
-    count comes with the row in `_admit`)."""
-    limit = settings.PLACE_MAX_CONNECTIONS_PER_IP
-    if limit <= 0 or not ip:
-        return True
-    return selectors.connections_held(ip=ip) < limit
-
-
 def _admit(
     slug: str, session_key: str | None, *, channel_name: str, ip: str | None
 ) -> Identity:
@@ -347,6 +335,11 @@ def _admit(
     counted against its address's limit in the same step.
     Only a live session counts from here on: an expired one is no session.
     """
+    limit = settings.PLACE_MAX_CONNECTIONS_PER_IP
+    if limit > 0 and ip and selectors.connections_held(ip=ip) >= limit:
+        # Already at the cap: refused for one count, before the work below
+        # (the exact count, under a lock, comes with the row).
+        raise exc.TooManyConnections(ip)
     canvas = selectors.canvas_get(slug=slug)
     user, session_key = selectors.session_identity(session_key)
     player = services.player_identify(user=user, session_key=session_key)

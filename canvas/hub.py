@@ -61,6 +61,15 @@ def _upkeep(func):
     return sync_to_async(call, thread_sensitive=False, executor=_upkeep_thread)
 
 
+def _close_later(listener: "Listener", code: int) -> None:
+    """Close a socket behind an ASGI send, from synchronous code."""
+    close = getattr(listener, "close", None)
+    if close is not None:
+        task = asyncio.ensure_future(close(code=code))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
 class Listener(Protocol):
     async def deliver(self, frame: str) -> None: ...
 
@@ -109,20 +118,20 @@ class Hub:
             loop.create_task(self._watch_forever()),
         ]
 
-    async def online_count(self) -> int:
-        """Open sockets on the canvas across processes, for a new socket.
+    async def online_count(self, max_age: float = ONLINE_FRESH_SECONDS) -> int:
+        """Open sockets on the canvas across processes.
 
-        Read at most every ONLINE_FRESH_SECONDS and adjusted by this process's
-        own joins and leaves since: in a storm of handshakes, counting the
-        table again for every new socket queued thousands of growing counts
-        ahead of everything else.
+        For a new socket, read at most every ONLINE_FRESH_SECONDS and adjusted
+        by this process's own joins and leaves since: in a storm of handshakes,
+        counting the table again for every new socket queued thousands of
+        growing counts ahead of everything else. The heartbeat reads afresh.
         """
-        stale = time.monotonic() - self.online_read_at >= ONLINE_FRESH_SECONDS
+        stale = time.monotonic() - self.online_read_at >= max_age
         if self.online_base is None or stale:
             if self.online_reading is None or self.online_reading.done():
                 self.online_reading = asyncio.ensure_future(self._read_online())
             await asyncio.shield(self.online_reading)
-        return max(len(self.listeners), self.online_base + len(self.listeners))
+        return len(self.listeners) + max(0, self.online_base)
 
     async def _read_online(self) -> None:
         local = len(self.listeners)
@@ -314,12 +323,8 @@ class Hub:
         self.leave(listener)
         if wire is not None:
             sockets.abort_if_open(wire)
-            return
-        close = getattr(listener, "close", None)
-        if close is not None:
-            task = asyncio.ensure_future(close(code=1011))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+        else:
+            _close_later(listener, 1011)
 
     def _close_slow(
         self, listener: Listener, wire: WebSocketProtocol | None = None
@@ -334,11 +339,7 @@ class Hub:
         metrics.SLOW_CLIENTS.inc()
         log.info("event=slow_client_closed peer=%s", wire.peer if wire else "asgi")
         if wire is None:
-            close = getattr(listener, "close", None)
-            if close is not None:
-                task = asyncio.ensure_future(close(code=CLOSE_TOO_SLOW))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+            _close_later(listener, CLOSE_TOO_SLOW)
             return
         wire.sendClose(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and refetch")
         # The close frame queues behind the backlog; a client that reads nothing
@@ -459,7 +460,7 @@ class Registry:
         )
         for hub in list(self.hubs.values()):
             await hub.rejoin_group()
-            count = await _upkeep(selectors.connections_online)(canvas_id=hub.canvas_id)
+            count = await hub.online_count(max_age=0)
             # Only a changed count goes out: an idle canvas costs no per-socket
             # work, and a new socket gets the count with its hello.
             if count != hub.online_sent:

@@ -735,6 +735,7 @@
   }
 
   // ---- keyboard: arrows pan, + and - zoom, Enter places, I inspects ----
+  function inspectCentre() { inspect(Math.floor(cam.cx), Math.floor(cam.cy)); }
   boardEl.addEventListener('keydown', function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const step = Math.max(1, Math.round((e.shiftKey ? 160 : 40) / cam.z));
@@ -749,8 +750,8 @@
       '0': resetView,
       Enter: function () { place(Math.floor(cam.cx), Math.floor(cam.cy)); },
       ' ': function () { place(Math.floor(cam.cx), Math.floor(cam.cy)); },
-      i: function () { inspect(Math.floor(cam.cx), Math.floor(cam.cy)); },
-      I: function () { inspect(Math.floor(cam.cx), Math.floor(cam.cy)); },
+      i: inspectCentre,
+      I: inspectCentre,
       Escape: function () { inspectorEl.hidden = true; if (selected !== null) select(selected); },
     };
     if (!keys[e.key]) return;
