@@ -7,6 +7,8 @@ Scenarios (default: all four, each beside the naive design of bench/naive.py):
   ingest    --players 1500 --seconds 15 --databases sqlite,postgres
   snapshot  --sizes 1000,2000
   idle      --connections 10000 --seconds 120   (two keepalive-ping periods)
+  connect   --connections 2000 --inflight 250   (a storm of handshakes, then
+            all dropped at once; PostgreSQL+Redis; not in `all`)
 
 --seconds defaults to each scenario's window above.
 
@@ -46,6 +48,7 @@ HEADINGS = {
     "ingest": "## ingest",
     "snapshot": "## snapshot",
     "idle": "## idle",
+    "connect": "## connection storm",
 }
 # The flags docs/deploy.md recommends for production daphne processes: a keepalive
 # ping a minute, not every 20 s (each ping and its pong cost the process about
@@ -53,6 +56,7 @@ HEADINGS = {
 DAPHNE_FLAGS = ["--ping-interval", "60", "--ping-timeout", "30"]
 # Idle covers two keepalive-ping periods, so each socket's pings are inside it.
 DEFAULT_SECONDS = {"fanout": 20, "ingest": 15, "idle": 120}
+DEFAULT_CONNECTIONS = {"idle": 10000, "connect": 2000}
 # `layers` is a fan-out detail: it records under the fan-out heading.
 APPS = {"hub": "placeproject.asgi:application", "naive": "bench.naive:application"}
 SERVER_ENV = {
@@ -202,9 +206,11 @@ def run_workers(jobs: list[dict], settle: float = 1.0, meter_pids=()):
         ctx.Process(target=loadgen.run_worker, args=(job, ready, go, results))
         for job in jobs
     ]
+    opening = Meter(list(meter_pids))
     for proc in procs:
         proc.start()
     opened = [ready.get(timeout=900) for _ in procs]
+    opening = opening.read()
     time.sleep(settle)
     meter = Meter(list(meter_pids))
     t0 = time.time() + 0.5
@@ -212,6 +218,7 @@ def run_workers(jobs: list[dict], settle: float = 1.0, meter_pids=()):
         go.put(t0)
     reports = [results.get(timeout=900) for _ in procs]
     usage = meter.read()
+    usage["opening"] = opening  # the same figures, from start until all opened
     for proc in procs:
         proc.join(timeout=30)
     return opened, reports, usage
@@ -485,6 +492,66 @@ def idle(args, design: str) -> dict:
     }
 
 
+def connect(args, design: str) -> dict:
+    """A storm: `--connections` sockets opened at once (`--inflight` handshakes
+    in flight per load process), as when every client of a restarted process
+    comes back. How fast they get in, what it costs, and how soon their rows
+    are gone once they all drop."""
+    stack = stack_up("postgres", True, args.servers, design)
+    try:
+        pids = [s.process.pid for s in stack.servers]
+        ports = [s.port for s in stack.servers]
+        jobs = [
+            {
+                "role": "watch",
+                "host": "127.0.0.1",
+                "port": ports[i % len(ports)],
+                "path": "/ws/canvases/bench/",
+                "count": count,
+                "seconds": 1.0,
+                "drain": 0.0,
+                "engine": args.engine,
+                "inflight": args.inflight,
+            }
+            for i, count in enumerate(split(args.connections, args.procs))
+        ]
+        opened, reports, usage = run_workers(jobs, settle=0.0, meter_pids=pids)
+        closed_at = time.monotonic()
+        rows = stack_rows(stack)
+        while rows and time.monotonic() - closed_at < 60:
+            time.sleep(0.5)
+            rows = stack_rows(stack)
+        rows_gone_s = time.monotonic() - closed_at
+    finally:
+        stack.stop()
+    opening = usage["opening"]
+    sockets = sum(count for _, count, _ in opened)
+    return {
+        "design": design,
+        "connections_open": sockets,
+        "connections_failed": sum(failed for _, _, failed in opened),
+        "inflight": args.inflight * len(jobs),
+        "open_s": round(opening["wall"], 2),
+        "handshakes_per_s": round(sockets / opening["wall"], 1),
+        "server_cpu_cores": round(opening["server_cores"], 2),
+        "loadgen_cpu_cores": round(
+            sum(r.get("cpu_connect", 0.0) for r in reports) / opening["wall"], 2
+        ),
+        "machine_busy_pct": round(opening["machine_busy"] * 100, 1),
+        "rows_left": rows,
+        "rows_gone_s": round(rows_gone_s, 1) if not rows else None,
+        "server_rss_mb": usage["server_rss_mb"],
+    }
+
+
+def stack_rows(stack) -> int:
+    """Connection rows in the stack's database (PostgreSQL)."""
+    import psycopg
+
+    with psycopg.connect(stack.env["DATABASE_URL"]) as conn:
+        return conn.execute("SELECT count(*) FROM canvas_connection").fetchone()[0]
+
+
 def snapshot(args) -> list[dict]:
     out = []
     for database in ("postgres", "sqlite"):
@@ -573,7 +640,7 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=["all", "fanout", "ingest", "snapshot", "idle", "layers"],
+        choices=["all", "fanout", "ingest", "snapshot", "idle", "connect", "layers"],
     )
     parser.add_argument("--watchers", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=1000)
@@ -591,7 +658,15 @@ def main() -> None:
     parser.add_argument("--ingest-procs", type=int, default=2)
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--sizes", default="1000,2000")
-    parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument(
+        "--connections", type=int, default=None, help="idle 10000, connect 2000"
+    )
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=250,
+        help="connect: handshakes in flight per load process",
+    )
     parser.add_argument("--no-naive", action="store_true")
     parser.add_argument(
         "--engine",
@@ -618,9 +693,11 @@ def main() -> None:
     )
     designs = ["hub"] if args.no_naive else ["hub", "naive"]
     given_seconds = args.seconds
+    given_connections = args.connections
     for scenario in scenarios:
         LOAD_BEFORE = loadavg()
         args.seconds = given_seconds or DEFAULT_SECONDS.get(scenario, 20)
+        args.connections = given_connections or DEFAULT_CONNECTIONS.get(scenario)
         if scenario == "layers":
             record("fanout", command, table(layers()) + "\n")
         elif scenario == "snapshot":
@@ -680,6 +757,16 @@ def main() -> None:
                 note = (
                     f"- memory per connection, naive / hub: {memory}; "
                     f"idle CPU, naive / hub: {cpu}\n"
+                )
+            record(scenario, command, table(rows) + "\n" + note)
+        elif scenario == "connect":
+            rows = [connect(args, design) for design in designs]
+            note = ""
+            if len(rows) == 2:
+                note = (
+                    "- handshakes per second, hub / naive: "
+                    f"{ratio(rows[0]['handshakes_per_s'], rows[1]['handshakes_per_s'])}"
+                    "\n"
                 )
             record(scenario, command, table(rows) + "\n" + note)
 

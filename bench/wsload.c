@@ -8,7 +8,7 @@
  *
  *   wsload --role watch|place|ingest --host H --port P --path /ws/... [--count N]
  *          [--cookies N] [--sample N] [--rate R] [--width W] [--height H]
- *          [--seconds S] [--drain D] [--stride N] [--offset N]
+ *          [--seconds S] [--drain D] [--stride N] [--offset N] [--inflight N]
  *
  * stdin:  the N session cookies, one a line (place, ingest), then later `GO <t0>`.
  * stdout: `READY <sockets> <failures>` once every socket has been tried, then,
@@ -34,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_HANDSHAKES 25      /* daphne has a handshake timeout: don't queue past it */
+#define MAX_HANDSHAKES 25      /* default --inflight: daphne has a handshake timeout */
 #define HANDSHAKE_TIMEOUT 60.0 /* as asyncio.wait_for(proto.open, 60) */
 #define INGEST_TIMEOUT 30.0    /* Replies.answer's default timeout */
 #define READ_SIZE 65536
@@ -53,9 +53,10 @@ enum role { WATCH, PLACE, INGEST };
 static struct {
     enum role role;
     const char *host, *port, *path;
-    long count, sample, width, height, stride, offset;
+    long count, sample, width, height, stride, offset, inflight;
     double rate, seconds, drain;
-} job = {.width = 1000, .height = 1000, .rate = 1, .stride = 1};
+} job = {.width = 1000, .height = 1000, .rate = 1, .stride = 1,
+         .inflight = MAX_HANDSHAKES};
 
 static void die(const char *what) {
     fprintf(stderr, "wsload: %s\n", what);
@@ -65,7 +66,8 @@ static void die(const char *what) {
 static void usage(void) {
     die("usage: wsload --role watch|place|ingest --host H --port P --path PATH "
         "[--count N | --cookies N] [--sample N] [--rate R] [--width W] "
-        "[--height H] [--seconds S] [--drain D] [--stride N] [--offset N]");
+        "[--height H] [--seconds S] [--drain D] [--stride N] [--offset N] "
+        "[--inflight N]");
 }
 
 /* ----------------------------------------------------------------- clocks */
@@ -381,7 +383,7 @@ static void start_connect(long i) {
 }
 
 static void fill_connects(void) {
-    while (in_flight < MAX_HANDSHAKES && next_start < nsocks) start_connect(next_start++);
+    while (in_flight < job.inflight && next_start < nsocks) start_connect(next_start++);
 }
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -937,6 +939,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(flag, "--drain")) job.drain = strtod(value, NULL);
         else if (!strcmp(flag, "--stride")) job.stride = atol(value);
         else if (!strcmp(flag, "--offset")) job.offset = atol(value);
+        else if (!strcmp(flag, "--inflight")) job.inflight = atol(value);
         else usage();
     }
     if (!role || !job.host || !job.port || !job.path) usage();
@@ -944,7 +947,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(role, "place")) job.role = PLACE;
     else if (!strcmp(role, "ingest")) job.role = INGEST;
     else usage();
-    if (job.width <= 0 || job.height <= 0 || job.stride <= 0 || !(job.rate > 0)) usage();
+    if (job.width <= 0 || job.height <= 0 || job.stride <= 0 || job.inflight <= 0 ||
+        !(job.rate > 0))
+        usage();
 
     struct rlimit rl; /* raise_fd_limit(): 10,000 sockets and more */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -981,7 +986,7 @@ int main(int argc, char **argv) {
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1 failed");
 
-    /* _open_many: every socket tried, at most MAX_HANDSHAKES at once */
+    /* _open_many: every socket tried, at most --inflight at once */
     fill_connects();
     while (in_flight > 0 || next_start < nsocks) loop_once(0);
     printf("READY %ld %ld\n", nopened, failures);

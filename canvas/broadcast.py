@@ -24,6 +24,7 @@ log = logging.getLogger("canvas.broadcast")
 
 MSG_PIXELS = "pixels.batch"
 MSG_CANVAS = "canvas.changed"
+MSG_PLAYER = "player.changed"
 
 
 def group_name(canvas_id: int) -> str:
@@ -82,6 +83,15 @@ def canvas_changed(*, canvas_id: int) -> None:
     transaction.on_commit(lambda: _send_now_or_later(canvas_id, {"type": MSG_CANVAS}))
 
 
+def player_changed(*, player_id: int, canvas_ids: list[int]) -> None:
+    """Tell the hubs of these canvases that a player was banned or unbanned,
+    so the player's open pages learn it at once, not at their next click."""
+    message = {"type": MSG_PLAYER, "player_id": player_id}
+    transaction.on_commit(
+        lambda: [_send_now_or_later(canvas_id, message) for canvas_id in canvas_ids]
+    )
+
+
 def _send_now_or_later(canvas_id: int, message: dict) -> None:
     loop = _outbox.running_loop()
     try:
@@ -90,7 +100,7 @@ def _send_now_or_later(canvas_id: int, message: dict) -> None:
         else:
             async_to_sync(_send)(canvas_id, message)
     except Exception:
-        log.exception("canvas change notice failed for canvas %s", canvas_id)
+        log.exception("notice failed for canvas %s", canvas_id)
 
 
 async def _send(canvas_id: int, message: dict) -> None:

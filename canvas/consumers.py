@@ -10,20 +10,20 @@ from typing import NamedTuple
 
 from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
 from . import exceptions as exc
-from . import ingest, protocol, selectors, services, sockets
+from . import ingest, metrics, presence, protocol, selectors, services, sockets
 from .clientip import scope_ip
 from .hub import SERVER_ID, registry
 from .models import Canvas
 from .ratelimit import FloodDetector, TokenBucket
 
 log = logging.getLogger("canvas.consumer")
+events = logging.getLogger("canvas.placements")  # with the ingest's events
 
 
 class CanvasConsumer(AsyncWebsocketConsumer):
@@ -39,6 +39,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     channel_name = ""  # set in connect
     # From the moment its row may be written until the row is deleted.
     row_open = False
+    admission: asyncio.Future | None = None  # the thread writing its row
 
     async def __call__(self, scope, receive, send) -> None:
         """AsyncConsumer.__call__ for a consumer without a layer channel.
@@ -66,9 +67,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 
         That is a thread hop for every frame (a fifth of a server's time under
         heavy placing, bench/RESULTS.md ingest). This consumer never touches the
-        ORM on the event loop: its database calls go through
-        database_sync_to_async, which closes stale connections itself, and
-        placements through the ingest thread.
+        ORM on the event loop: its rows are written and deleted on the threads
+        of canvas/presence.py, which return their connections after each call,
+        and placements go through the ingest thread.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -90,15 +91,19 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # while it waits: release() deletes it after the write, whichever way.
         self.row_open = True
         registry.held.add(self.channel_name)
+        # On an admission thread (canvas/presence.py): handshakes do not wait
+        # for each other's round trips. Shielded: if this task is killed, the
+        # admission still finishes and release() deletes its row after it.
+        self.admission = presence.run(
+            _admit,
+            # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
+            self.slug or self.scope.get("url_route", {}).get("kwargs", {}).get("slug"),
+            self.session_key or self.scope.get("session_key"),
+            channel_name=self.channel_name,
+            ip=self.ip,
+        )
         try:
-            identity = await database_sync_to_async(_admit)(
-                # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
-                self.slug
-                or self.scope.get("url_route", {}).get("kwargs", {}).get("slug"),
-                self.session_key or self.scope.get("session_key"),
-                channel_name=self.channel_name,
-                ip=self.ip,
-            )
+            identity = await asyncio.shield(self.admission)
         except exc.TooManyConnections:
             self.row_open = False  # refused before its row was written
             await self.close(code=protocol.CLOSE_TOO_MANY)
@@ -218,14 +223,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             return
         self.row_open = False
         # Shielded: daphne cancels a slow task again every few seconds, and the
-        # delete must still happen. Database calls run in order on one thread,
-        # so it lands after an insert that was still in flight. The row stays
-        # held (refreshed) until it is gone.
-        delete = asyncio.ensure_future(
-            database_sync_to_async(services.connection_close)(
-                channel_name=self.channel_name
-            )
-        )
+        # delete must still happen, after an admission still in flight. The
+        # row stays held (refreshed) until it is gone.
+        delete = presence.release(self.channel_name, after=self.admission)
         delete.add_done_callback(partial(_row_deleted, self.channel_name))
         with contextlib.suppress(DatabaseError):  # logged by _row_deleted
             await asyncio.shield(delete)
@@ -245,13 +245,13 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             if self.flood.refused():
                 await self.close(code=protocol.CLOSE_TOO_FAST)
                 return
-            await self.reject("rate_limited", exc.MSG_RATE_LIMITED, wait)
+            await self.refuse("rate_limited", exc.MSG_RATE_LIMITED, wait)
             return
         if text_data is None:
             if bytes_data is not None and len(bytes_data) > protocol.MAX_FRAME_BYTES:
                 await self.close(code=protocol.CLOSE_TOO_LARGE)
                 return
-            await self.reject("bad_request", exc.MSG_BINARY)
+            await self.refuse("bad_request", exc.MSG_BINARY)
             return
         if len(text_data.encode("utf-8", "surrogatepass")) > protocol.MAX_FRAME_BYTES:
             await self.close(code=protocol.CLOSE_TOO_LARGE)
@@ -259,7 +259,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         try:
             request = protocol.parse_client_message(text_data)
         except protocol.ProtocolError as error:
-            await self.reject("bad_request", str(error))
+            await self.refuse("bad_request", str(error))
             return
         await self.place(request)
 
@@ -270,7 +270,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 message = (
                     exc.MSG_NO_SESSION if not settings.PLACE_REQUIRE_LOGIN else message
                 )
-            await self.reject("login_required", message)
+            await self.refuse("login_required", message)
             return
         try:
             result = await ingest.batcher.submit(
@@ -299,6 +299,19 @@ class CanvasConsumer(AsyncWebsocketConsumer):
                 cooldown_remaining=result.cooldown_remaining,
             )
         )
+
+    async def refuse(self, code: str, message: str, retry_after: float | None = None):
+        """A refusal decided here, before the ingest thread (which counts and
+        logs its own): counted by code and logged like those."""
+        metrics.placement_rejected(code)
+        events.info(
+            "event=rejection canvas=%s player=%s code=%s ip=%s",
+            self.canvas_id,
+            self.player_id,
+            code,
+            self.ip,
+        )
+        await self.reject(code, message, retry_after)
 
     async def reject(self, code: str, message: str, retry_after: float | None = None):
         await self.send(

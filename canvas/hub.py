@@ -103,10 +103,19 @@ class Hub:
         self.sending = asyncio.Lock()
 
     async def start(self) -> None:
-        self.channel = await self.layer.new_channel("hub.")
         # Join before reading the seq: anything committed after the read is
         # then certain to arrive through the group.
-        await self.layer.group_add(broadcast.group_name(self.canvas_id), self.channel)
+        try:
+            await self.rejoin_group()
+        except Exception:
+            # Redis down: sockets still open and play goes on; this canvas's
+            # changes come from the database (_watch_forever) until the
+            # layer is back, when the next rejoin subscribes.
+            broadcast.layer_error_count()
+            log.warning(
+                "channel layer unavailable; reading changes from the database",
+                exc_info=True,
+            )
         state = await database_sync_to_async(selectors.canvas_state)(
             canvas_id=self.canvas_id
         )
@@ -158,11 +167,17 @@ class Hub:
         self.wires.pop(listener, None)
 
     async def rejoin_group(self) -> None:
-        """Refresh group membership before the layer's group expiry drops it."""
+        """Join the canvas's group, or refresh the membership (a restarted
+        Redis has forgotten it); first subscribe, if the layer was down."""
+        if not self.channel:
+            self.channel = await self.layer.new_channel("hub.")
         await self.layer.group_add(broadcast.group_name(self.canvas_id), self.channel)
 
     async def _receive_forever(self) -> None:
         while True:
+            if not self.channel:  # not subscribed yet: the layer was down
+                await asyncio.sleep(settings.PLACE_GAP_TIMEOUT)
+                continue
             try:
                 message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
@@ -176,6 +191,8 @@ class Hub:
                 self.accept(message["updates"], message.get("sent_at"))
             elif message.get("type") == broadcast.MSG_CANVAS:
                 await self.canvas_changed()
+            elif message.get("type") == broadcast.MSG_PLAYER:
+                await self.player_changed(message["player_id"])
 
     async def canvas_changed(self) -> None:
         """Tell every socket the canvas's new settings: one read, one frame."""
@@ -187,6 +204,30 @@ class Hub:
             log.warning("canvas re-read failed", exc_info=True)
             return
         await self.settings_seen(state)
+
+    async def player_changed(self, player_id: int) -> None:
+        """A moderator banned or unbanned a player: tell that player's sockets
+        here (placements check the ban in the database either way)."""
+        theirs = [
+            listener
+            for listener in self.listeners
+            if getattr(listener, "player_id", None) == player_id
+        ]
+        if not theirs:
+            return
+        try:
+            ban = await database_sync_to_async(selectors.player_ban)(
+                player_id=player_id
+            )
+        except Exception:
+            log.warning("ban re-read failed", exc_info=True)
+            return
+        if ban is None:
+            frame = protocol.unbanned_frame()
+        else:
+            frame = protocol.banned_frame(until=ban[0], reason=ban[1])
+        for listener in theirs:
+            await listener.deliver(frame)
 
     async def settings_seen(self, state: selectors.CanvasState) -> None:
         """Send a `canvas` frame if the settings differ from what players know.
@@ -459,7 +500,10 @@ class Registry:
             stale_seconds=settings.PLACE_CONNECTION_STALE_SECONDS
         )
         for hub in list(self.hubs.values()):
-            await hub.rejoin_group()
+            try:
+                await hub.rejoin_group()
+            except Exception:  # counted and retried by the hub's own period
+                log.warning("group rejoin failed; will retry")
             count = await hub.online_count(max_age=0)
             # Only a changed count goes out: an idle canvas costs no per-socket
             # work, and a new socket gets the count with its hello.

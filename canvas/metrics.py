@@ -66,21 +66,26 @@ def allowed(request: HttpRequest) -> bool:
     user = getattr(request, "user", None)
     if user is not None and user.is_active and user.is_staff:
         return True
+    return address_allowed(request)
+
+
+def address_allowed(request: HttpRequest) -> bool:
     try:
         # The client behind PLACE_TRUSTED_PROXIES, not the proxy itself.
         address = ipaddress.ip_address(request_ip(request) or "")
     except ValueError:
         return False
-    for network in settings.PLACE_METRICS_ALLOW:
-        try:
-            if address in ipaddress.ip_network(network, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(
+        address in ipaddress.ip_network(network, strict=False)
+        for network in settings.PLACE_METRICS_ALLOW  # checked by settings.py
+    )
+
+
+def metrics_response() -> HttpResponse:
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if not allowed(request):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return metrics_response()

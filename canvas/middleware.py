@@ -1,9 +1,10 @@
-"""HTTP middleware: the proxy headers Django may believe."""
+"""HTTP middleware: the proxy headers Django may believe; scrapes of /metrics."""
 
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from . import metrics
 from .clientip import is_trusted_proxy
 
 
@@ -23,4 +24,22 @@ class ForwardedProtoGuard:
             request.META.get("REMOTE_ADDR")
         ):
             del request.META["HTTP_X_FORWARDED_PROTO"]
+        return self.get_response(request)
+
+
+class MetricsForScrapers:
+    """Answer `/metrics` for PLACE_METRICS_ALLOW's addresses before anything else.
+
+    Prometheus scrapes each daphne port by address over plain HTTP
+    (`127.0.0.1:8001`, docs/deploy.md): Django's host check (that is not an
+    allowed host) and HTTPS redirect are for browsers and would refuse it.
+    Staff users' browsers go the usual way, to canvas.metrics.metrics_view.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info == "/metrics" and metrics.address_allowed(request):
+            return metrics.metrics_response()
         return self.get_response(request)

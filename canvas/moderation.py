@@ -25,7 +25,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import broadcast, services
+from . import broadcast, selectors, services
 from .models import (
     CHUNK_SIZE,
     Canvas,
@@ -624,6 +624,7 @@ def player_ban(
         Player.objects.filter(pk=player_id).update(
             banned_until=until, ban_reason=reason
         )
+        _tell_player(player_id)
         ban = ModerationAction.objects.create(
             kind=ModerationAction.KIND_BAN,
             player_id=player_id,
@@ -653,6 +654,14 @@ def player_ban(
     return ban
 
 
+def _tell_player(player_id: int) -> None:
+    """Once committed, the player's open pages hear of the ban or its end."""
+    broadcast.player_changed(
+        player_id=player_id,
+        canvas_ids=selectors.player_canvases_open(player_id=player_id),
+    )
+
+
 def player_unban(
     *, player_id: int, reason: str, moderator_id: int | None = None
 ) -> ModerationAction:
@@ -660,6 +669,7 @@ def player_unban(
         raise ModerationError(MSG_REASON_REQUIRED)
     with transaction.atomic():
         Player.objects.filter(pk=player_id).update(banned_until=None, ban_reason="")
+        _tell_player(player_id)
         return ModerationAction.objects.create(
             kind=ModerationAction.KIND_UNBAN,
             player_id=player_id,

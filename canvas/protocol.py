@@ -136,8 +136,13 @@ def online_frame(count: int) -> str:
 
 
 def banned_frame(*, until: datetime, reason: str) -> str:
-    """Sent after `hello` to a banned player: why `can_place` is false."""
+    """To a banned player: after `hello`, and live when a moderator bans them."""
     return _dump({"type": "banned", "until": until.isoformat(), "reason": reason})
+
+
+def unbanned_frame() -> str:
+    """Live, to a player's open sockets when a moderator lifts their ban."""
+    return _dump({"type": "unbanned"})
 
 
 def canvas_frame(*, cooldown_seconds: int, open_: bool, width: int, height: int) -> str:

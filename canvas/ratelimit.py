@@ -1,8 +1,14 @@
 """Token buckets for per-socket message rates, and a cache-backed limiter for forms."""
 
+import logging
 import time
 
 from django.core.cache import cache
+from django.core.cache.backends.locmem import LocMemCache
+
+log = logging.getLogger("canvas.ratelimit")
+# Where attempts are counted while the shared cache is unreachable.
+_fallback = LocMemCache("place-ratelimit-fallback", {})
 
 
 class TokenBucket:
@@ -50,10 +56,20 @@ def hit(key: str, *, limit: int, window: int) -> bool:
     """
     if limit <= 0:
         return True
-    cache.add(key, 0, timeout=window)
     try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=window)
-        count = 1
+        count = _count(cache, key, window)
+    except Exception:
+        # The shared cache (Redis) is unreachable: count in this process
+        # rather than turn every log-in and sign-up into an error page.
+        log.warning("rate-limit cache unavailable; counting per process")
+        count = _count(_fallback, key, window)
     return count <= limit
+
+
+def _count(store, key: str, window: int) -> int:
+    store.add(key, 0, timeout=window)
+    try:
+        return store.incr(key)
+    except ValueError:  # expired between add and incr
+        store.set(key, 1, timeout=window)
+        return 1

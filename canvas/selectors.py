@@ -16,7 +16,15 @@ from django.utils import timezone
 from PIL import Image
 
 from . import exceptions as exc
-from .models import CHUNK_SIZE, Canvas, Chunk, Connection, Cooldown, Placement
+from .models import (
+    CHUNK_SIZE,
+    Canvas,
+    Chunk,
+    Connection,
+    Cooldown,
+    Placement,
+    Player,
+)
 from .protocol import Update
 
 
@@ -316,3 +324,17 @@ def connections_held(*, ip: str) -> int:
     """Open sockets from `ip`, counting only rows a live process refreshes."""
     cutoff = timezone.now() - timedelta(seconds=settings.PLACE_CONNECTION_STALE_SECONDS)
     return Connection.objects.filter(ip=ip, last_seen__gte=cutoff).count()
+
+
+def player_ban(*, player_id: int) -> tuple[datetime, str] | None:
+    """(until, reason) while the player is banned, else None."""
+    player = Player.objects.filter(pk=player_id).first()
+    if player is None or not player.is_banned():
+        return None
+    return player.banned_until, player.ban_reason
+
+
+def player_canvases_open(*, player_id: int) -> list[int]:
+    """Canvases on which the player has a socket open (any process)."""
+    rows = Connection.objects.filter(player_id=player_id)
+    return sorted(set(rows.values_list("canvas_id", flat=True)))

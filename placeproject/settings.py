@@ -1,5 +1,7 @@
 """Settings read from the environment, with development defaults (docs/protocol.md)."""
 
+import ipaddress
+import math
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -10,26 +12,77 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+# An operator's typo must stop the process with the variable's name, not fail
+# open (`PLACE_REQUIRE_LOGIN=enabled` meaning false) or end in a bare traceback.
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
 def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(
+        f"{name} must be true or false (or 1/0, yes/no, on/off), not {value!r}"
+    )
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int = 0) -> int:
     value = os.environ.get(name, "").strip()
-    return int(value) if value else default
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be a whole number, not {value!r}"
+        ) from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    return number
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(
+    name: str, default: float, minimum: float = 0.0, positive: bool = False
+) -> float:
     value = os.environ.get(name, "").strip()
-    return float(value) if value else default
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}")
+    if positive and number <= 0:
+        raise ImproperlyConfigured(f"{name} must be more than 0, not {value}")
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum:g}, not {value}")
+    return number
 
 
 def env_list(name: str, default: str) -> list[str]:
     raw = os.environ.get(name, default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str, default: str) -> list[str]:
+    """Addresses or networks (CIDR), each checked: a dropped typo would
+    silently trust, or shut out, the wrong clients."""
+    entries = env_list(name, default)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {entry!r} is not an IP address or network"
+                " (names such as 'localhost' are not resolved)"
+            ) from None
+    return entries
 
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -40,6 +93,11 @@ if not SECRET_KEY:
     SECRET_KEY = "django-insecure-development-key-only-for-local-play"
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is empty: every request would get 400 (name the"
+        " site's host names, comma-separated)"
+    )
 
 INSTALLED_APPS = [
     "daphne",
@@ -56,6 +114,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "canvas.middleware.ForwardedProtoGuard",  # before anything asks is_secure()
+    "canvas.middleware.MetricsForScrapers",  # before the host check and redirect
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -84,12 +143,18 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=0,
-    )
-}
+_database_url = os.environ.get("DATABASE_URL", "").strip()
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            _database_url or f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+        )
+    }
+except ValueError as error:
+    raise ImproperlyConfigured(
+        f"DATABASE_URL is not a database URL ({error}); for example"
+        " postgres://user:password@host:5432/name or sqlite:////path/db.sqlite3"
+    ) from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
     # at BEGIN so the conditional cooldown UPDATE cannot race (see services.py).
@@ -102,6 +167,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": os.environ.get("PLACE_TEST_SQLITE", str(BASE_DIR / "test-db.sqlite3"))
     }
 PLACE_DB_POOL_SIZE = env_int("PLACE_DB_POOL_SIZE", 8)
+if PLACE_DB_POOL_SIZE == 1:
+    raise ImproperlyConfigured(
+        "PLACE_DB_POOL_SIZE must be 0 (no pool) or at least 2: the ingest writer"
+        " and the other database threads each hold a connection"
+    )
 _postgres = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 if _postgres and PLACE_DB_POOL_SIZE:
     # Without a pool every database call from a consumer or hub (4 per new
@@ -114,10 +184,14 @@ if _postgres and PLACE_DB_POOL_SIZE:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(2, PLACE_DB_POOL_SIZE),
         "max_size": PLACE_DB_POOL_SIZE,
-        "timeout": env_float("PLACE_DB_POOL_TIMEOUT", 5.0),
+        "timeout": env_float("PLACE_DB_POOL_TIMEOUT", 5.0, positive=True),
     }
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if REDIS_URL and urlparse(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
+    raise ImproperlyConfigured(
+        f"REDIS_URL must be a redis://, rediss:// or unix:// URL, not {REDIS_URL!r}"
+    )
 if REDIS_URL:
     # Pub/sub, not the core layer, by measurement (bench/RESULTS.md, fan-out):
     # the only group traffic is one message per canvas per group commit per process to
@@ -219,7 +293,7 @@ PLACE_REQUIRE_LOGIN = env_bool("PLACE_REQUIRE_LOGIN", True)
 PLACE_MESSAGE_RATE = env_float("PLACE_MESSAGE_RATE", 20)
 PLACE_IP_LIMIT = env_int("PLACE_IP_LIMIT", 0)
 PLACE_MAX_CONNECTIONS_PER_IP = env_int("PLACE_MAX_CONNECTIONS_PER_IP", 50)
-PLACE_TRUSTED_PROXIES = env_list("PLACE_TRUSTED_PROXIES", "")
+PLACE_TRUSTED_PROXIES = env_networks("PLACE_TRUSTED_PROXIES", "")
 # Behind a trusted proxy, its X-Forwarded-Proto says whether the browser used
 # HTTPS (CSRF's origin check needs that, DJANGO_HTTPS or not). Believed only
 # from PLACE_TRUSTED_PROXIES: canvas.middleware drops it from anyone else.
@@ -229,28 +303,42 @@ if PLACE_TRUSTED_PROXIES:
 PLACE_MIN_ACCOUNT_AGE = env_int("PLACE_MIN_ACCOUNT_AGE", 0)
 # Sign-up and log-in attempts per IP address (per window below).
 PLACE_SIGNUP_LIMIT = env_int("PLACE_SIGNUP_LIMIT", 5)
-PLACE_SIGNUP_WINDOW = env_int("PLACE_SIGNUP_WINDOW", 3600)
+PLACE_SIGNUP_WINDOW = env_int("PLACE_SIGNUP_WINDOW", 3600, minimum=1)
 PLACE_LOGIN_LIMIT = env_int("PLACE_LOGIN_LIMIT", 10)
-PLACE_LOGIN_WINDOW = env_int("PLACE_LOGIN_WINDOW", 300)
+PLACE_LOGIN_WINDOW = env_int("PLACE_LOGIN_WINDOW", 300, minimum=1)
 # Broadcast tick: how often each process writes one frame to its sockets.
-PLACE_BROADCAST_TICK = env_float("PLACE_BROADCAST_TICK", 0.1)
+PLACE_BROADCAST_TICK = env_float("PLACE_BROADCAST_TICK", 0.1, positive=True)
 # How long a hub waits for a missing seq before reading it from the database.
-PLACE_GAP_TIMEOUT = env_float("PLACE_GAP_TIMEOUT", 1.0)
+PLACE_GAP_TIMEOUT = env_float("PLACE_GAP_TIMEOUT", 1.0, positive=True)
 # Connection rows not refreshed for this long belong to a dead process.
-PLACE_CONNECTION_STALE_SECONDS = env_int("PLACE_CONNECTION_STALE_SECONDS", 40)
-PLACE_HEARTBEAT_SECONDS = env_float("PLACE_HEARTBEAT_SECONDS", 15)
+PLACE_CONNECTION_STALE_SECONDS = env_int(
+    "PLACE_CONNECTION_STALE_SECONDS", 40, minimum=2
+)
+PLACE_HEARTBEAT_SECONDS = env_float("PLACE_HEARTBEAT_SECONDS", 15, positive=True)
 # Group commit (canvas/ingest.py): a batch collects placements for this many
 # seconds after its first one (1-3 ms costs little latency and lets PostgreSQL
 # commit hundreds per fsync), up to this many per transaction.
 PLACE_INGEST_WINDOW = env_float("PLACE_INGEST_WINDOW", 0.003)
-PLACE_INGEST_MAX_BATCH = env_int("PLACE_INGEST_MAX_BATCH", 2000)
+PLACE_INGEST_MAX_BATCH = env_int("PLACE_INGEST_MAX_BATCH", 2000, minimum=1)
 # The writer thread closes its database connection after this long idle.
 PLACE_INGEST_IDLE_CLOSE = env_float("PLACE_INGEST_IDLE_CLOSE", 0.05)
 # A socket whose unsent bytes exceed this has fallen behind: it is closed with
 # code 4010 and the client reconnects and refetches the board (docs/protocol.md).
 PLACE_SLOW_CLIENT_BYTES = env_int("PLACE_SLOW_CLIENT_BYTES", 1024 * 1024)
+if PLACE_HEARTBEAT_SECONDS >= PLACE_CONNECTION_STALE_SECONDS:
+    raise ImproperlyConfigured(
+        "PLACE_HEARTBEAT_SECONDS must be well under PLACE_CONNECTION_STALE_SECONDS,"
+        " or live sockets' rows are swept as stale"
+    )
 # Who may read /metrics besides staff users: comma-separated addresses/networks.
-PLACE_METRICS_ALLOW = env_list("PLACE_METRICS_ALLOW", "127.0.0.1,::1")
+PLACE_METRICS_ALLOW = env_networks("PLACE_METRICS_ALLOW", "127.0.0.1,::1")
+
+PLACE_LOG_LEVEL = os.environ.get("PLACE_LOG_LEVEL", "").strip().upper() or "INFO"
+if PLACE_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        "PLACE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL,"
+        f" not {PLACE_LOG_LEVEL!r}"
+    )
 
 LOGGING = {
     "version": 1,
@@ -262,7 +350,7 @@ LOGGING = {
     "loggers": {
         "canvas": {
             "handlers": ["console"],
-            "level": os.environ.get("PLACE_LOG_LEVEL", "INFO"),
+            "level": PLACE_LOG_LEVEL,
             # daphne configures the root logger too; don't print every line twice.
             "propagate": False,
         },

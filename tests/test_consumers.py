@@ -8,7 +8,7 @@ import time
 import pytest
 
 from canvas import exceptions as exc
-from canvas.models import Connection, Placement
+from canvas.models import Connection, Placement, Player
 
 from .conftest import (
     adb,
@@ -415,6 +415,10 @@ async def test_a_socket_killed_after_its_hello_leaves_no_row_or_listener(canvas)
     assert len(hub.listeners) == 1 and await adb(Connection.objects.count)() == 1
     client.future.cancel()
     assert await _rows_when_settled() == 0
+    for _ in range(50):  # the release's last step follows the delete's commit
+        if not registry.held:
+            break
+        await asyncio.sleep(0.02)
     assert hub.listeners == set() and registry.held == set()
 
 
@@ -458,3 +462,33 @@ async def test_a_burst_of_new_sockets_counts_the_table_once(canvas, monkeypatch)
     assert len(reads) == 1
     for client in clients:
         await client.disconnect()
+
+
+async def test_a_ban_and_its_end_reach_the_players_open_page_at_once(
+    canvas, anonymous_play
+):
+    """Not at the player's next click: the page says Banned (and why) now."""
+    from datetime import timedelta
+
+    from canvas import moderation
+
+    banned_key = await adb(session_key_create)(seen=True)
+    other_key = await adb(session_key_create)(seen=True)
+    player, _ = await connect("test", session_key=banned_key)
+    other, _ = await connect("test", session_key=other_key)
+    player_id = await adb(lambda: Player.objects.get(session_key=banned_key).pk)()
+    await adb(moderation.player_ban)(
+        player_id=player_id, reason="griefing", duration=timedelta(hours=2)
+    )
+    banned = await receive_type(player, "banned")
+    assert banned["reason"] == "griefing" and banned["until"] > "2026"
+    await adb(moderation.player_unban)(player_id=player_id, reason="appeal")
+    assert await receive_type(player, "unbanned") == {"type": "unbanned"}
+    # Nobody else hears of it.
+    while not await other.receive_nothing(timeout=0.3):
+        assert json.loads(await other.receive_from())["type"] not in {
+            "banned",
+            "unbanned",
+        }
+    await player.disconnect()
+    await other.disconnect()

@@ -83,6 +83,40 @@ async def test_changes_lost_by_the_layer_are_refilled_from_the_database(
     await watcher.disconnect()
 
 
+async def test_sockets_open_and_play_while_the_layer_is_down_and_it_rejoins(
+    make_canvas, anonymous_play, fresh_layer, monkeypatch
+):
+    """Redis unreachable when a canvas's first socket arrives: the socket still
+    gets its hello and every change (read from the database), and the hub
+    subscribes once the layer is back."""
+    anonymous_play.PLACE_GAP_TIMEOUT = 0.2
+    canvas = await adb(make_canvas)(slug="nolayer", cooldown=0)
+    real_group_add = fresh_layer.group_add
+    down = True
+
+    async def group_add(group, channel):
+        if down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        await real_group_add(group, channel)
+
+    monkeypatch.setattr(fresh_layer, "group_add", group_add)
+    watcher, hello = await connect("nolayer")
+    player = await adb(Player.objects.create)(name="solo")
+    await adb(services.placement_create)(
+        canvas_id=canvas.pk, player_id=player.pk, x=1, y=2, color=6
+    )
+    frame = await receive_type(watcher, "pixels", timeout=5)
+    assert frame["updates"] == [[hello["seq"] + 1, 1, 2, 6]]
+    down = False
+    hub = registry.hubs[canvas.pk]
+    for _ in range(50):
+        if hub.channel in fresh_layer.groups.get(broadcast.group_name(canvas.pk), {}):
+            break
+        await asyncio.sleep(0.05)
+    assert hub.channel in fresh_layer.groups[broadcast.group_name(canvas.pk)]
+    await watcher.disconnect()
+
+
 async def test_a_settings_change_reaches_every_socket_from_one_read(make_canvas):
     """The hub re-reads the canvas once and sends the same frame to all sockets."""
     from canvas.models import Canvas

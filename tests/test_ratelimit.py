@@ -24,3 +24,15 @@ def test_attempt_counter_refuses_past_the_limit():
     results = [ratelimit.hit("t:1.2.3.4", limit=3, window=60) for _ in range(5)]
     assert results == [True, True, True, False, False]
     assert ratelimit.hit("t:5.6.7.8", limit=3, window=60)
+
+
+def test_attempts_are_counted_per_process_while_the_shared_cache_is_down(
+    monkeypatch,
+):
+    class Unreachable:
+        def add(self, *args, **kwargs):
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(ratelimit, "cache", Unreachable())
+    results = [ratelimit.hit("down:1.2.3.4", limit=2, window=60) for _ in range(4)]
+    assert results == [True, True, False, False]  # still a limit, no error

@@ -218,7 +218,7 @@ def test_heartbeat_refreshes_only_the_sockets_the_process_holds(make_canvas):
 
 def test_heartbeat_refreshes_more_sockets_than_one_statement_binds(make_canvas):
     canvas = make_canvas()
-    names = [f"socket-{i}" for i in range(services.HEARTBEAT_CHUNK * 2 + 1)]
+    names = [f"socket-{i}" for i in range(services.NAMES_PER_STATEMENT * 2 + 1)]
     Connection.objects.bulk_create(
         Connection(channel_name=n, canvas=canvas, server="host:1") for n in names
     )

@@ -285,6 +285,25 @@ def test_login_and_logout(client, canvas):
     assert not client.get("/c/test/").context["user"].is_authenticated
 
 
+def test_signing_up_and_logging_in_work_while_redis_is_down(client, canvas, settings):
+    """The attempt counters live in the shared cache; without it, players
+    still get in (counted per process), not an error page."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+        }
+    }
+    form = {"username": "hal", "password1": "a-long-pass-123"}
+    signed_up = client.post(
+        "/accounts/signup/", form | {"password2": form["password1"]}
+    )
+    assert signed_up.status_code == 302
+    client.post("/accounts/logout/")
+    login = {"username": "hal", "password": "a-long-pass-123"}
+    assert client.post("/accounts/login/", login).status_code == 302
+
+
 def test_account_pages_return_to_the_view_they_came_from(client, canvas):
     """Sign-up with a typo, log in from sign-up, log out: the same view after."""
     view = "/c/test/?x=12&y=34&z=5"
