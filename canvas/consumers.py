@@ -240,6 +240,14 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data=None) -> None:
         if self.closed:  # frames that arrived after we closed: nobody to answer
             return
+        # Size first: a frame over 16 KiB closes the socket, rate limit or not.
+        if text_data is not None:
+            size = len(text_data.encode("utf-8", "surrogatepass"))
+        else:
+            size = len(bytes_data or b"")
+        if size > protocol.MAX_FRAME_BYTES:
+            await self.close(code=protocol.CLOSE_TOO_LARGE)
+            return
         wait = self.bucket.take()
         if wait > 0:
             if self.flood.refused():
@@ -248,13 +256,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self.refuse("rate_limited", exc.MSG_RATE_LIMITED, wait)
             return
         if text_data is None:
-            if bytes_data is not None and len(bytes_data) > protocol.MAX_FRAME_BYTES:
-                await self.close(code=protocol.CLOSE_TOO_LARGE)
-                return
             await self.refuse("bad_request", exc.MSG_BINARY)
-            return
-        if len(text_data.encode("utf-8", "surrogatepass")) > protocol.MAX_FRAME_BYTES:
-            await self.close(code=protocol.CLOSE_TOO_LARGE)
             return
         try:
             request = protocol.parse_client_message(text_data)

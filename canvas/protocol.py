@@ -38,14 +38,23 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return seen
 
 
-# One of each, made once: json.loads/dumps with options build a new one per call,
-# which showed in profiles at thousands of frames a second.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
 # Larger than any canvas side or palette; what bigger numbers are clamped to.
 INT_BOUND = 2**31 - 1
+
+
+def _bounded_int(digits: str) -> int:
+    """A JSON integer; one longer than any coordinate is clamped here, before
+    Python's limit on converting long numbers (4,300 digits) refuses the
+    whole frame as if it were not JSON."""
+    if len(digits) > 12:
+        return -1 if digits.startswith("-") else INT_BOUND
+    return int(digits)
+
+
+# One of each, made once: json.loads/dumps with options build a new one per call,
+# which showed in profiles at thousands of frames a second.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_int=_bounded_int)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _int_field(message: dict, field: str) -> int:

@@ -50,6 +50,12 @@ def canvas_create_or_update(
             raise ValueError(f"{name} must be between 1 and 10000")
     if cooldown_seconds is not None and not 0 <= cooldown_seconds <= MAX_COOLDOWN:
         raise ValueError(f"cooldown must be between 0 and {MAX_COOLDOWN} seconds")
+    # The columns' limits, as an error here rather than a database's (SQLite
+    # would store anything).
+    for name, value in (("slug", slug), ("title", title)):
+        limit = Canvas._meta.get_field(name).max_length
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{name} must be at most {limit} characters")
     with transaction.atomic():
         # Locked first, as placements lock it before their chunks: a resize
         # rewrites every chunk, and snapshots rely on that order.

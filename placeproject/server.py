@@ -36,6 +36,8 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import reactor
 
+from canvas.protocol import CLOSE_TOO_LARGE
+
 logger = logging.getLogger("daphne.server")
 
 # Daphne's own periods: reap finished applications every second, check
@@ -93,6 +95,14 @@ class Inbox:
 
 
 class PlaceWebSocketProtocol(WebSocketProtocol):
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        if code == WebSocketProtocol.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG:
+            # Past daphne's 1 MiB limit autobahn refuses a frame on its header,
+            # before the application sees it: the contract's code for a frame
+            # over 16 KiB all the same.
+            code, reason = CLOSE_TOO_LARGE, "frame over 16 KiB"
+        super()._fail_connection(code, reason)
+
     def _closeConnection(self, abort: bool = False) -> None:
         super()._closeConnection(abort)
         if not abort:

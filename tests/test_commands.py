@@ -79,3 +79,40 @@ def test_bad_arguments_are_errors(griefed, args, message):
     with pytest.raises(CommandError, match=message):
         rollback(*args)
     assert not ModerationAction.objects.exists()
+
+
+def createcanvas(*args: str) -> str:
+    out = StringIO()
+    call_command("createcanvas", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_createcanvas_creates_then_updates_only_what_it_is_given():
+    assert createcanvas("fresh", "--width", "40", "--height", "30") == (
+        "created canvas fresh: 40x30, cooldown 300 s\n"
+    )
+    assert createcanvas("fresh", "--cooldown", "0", "--title", "Fresh") == (
+        "updated canvas fresh: 40x30, cooldown 0 s\n"
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["a" * 51], "slug must be at most 50 characters"),
+        (["long", "--title", "t" * 201], "title must be at most 200 characters"),
+        (["bad slug"], "invalid slug"),
+        (["wide", "--width", "0"], "width must be between 1 and 10000"),
+        (["slow", "--cooldown", "-1"], "cooldown must be between 0"),
+    ],
+)
+def test_createcanvas_refuses_what_the_canvas_cannot_hold(args, message):
+    """A clear error, not a database's traceback (or, on SQLite, a title
+    stored past its limit)."""
+    from canvas.models import Canvas
+
+    with pytest.raises(CommandError, match=message):
+        createcanvas(*args)
+    assert not Canvas.objects.filter(slug__in=["a" * 51, "long"]).exists()

@@ -151,6 +151,20 @@ async def test_frame_over_16_kib_closes_with_4009(canvas, player_session):
     assert not await adb(Placement.objects.exists)()
 
 
+async def test_frame_over_16_kib_closes_with_4009_even_when_rate_limited(
+    canvas, player_session, settings
+):
+    settings.PLACE_MESSAGE_RATE = 2
+    client, _ = await connect("test", session_key=player_session)
+    for _ in range(2):  # the bucket is empty after these
+        await send(client, {"type": "hello"})
+    await send(client, json.dumps({"type": "place", "pad": "x" * 20000}))
+    output = await client.receive_output(timeout=5)
+    while output["type"] == "websocket.send":  # the two refusals, the count
+        output = await client.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": 4009}
+
+
 async def test_frame_of_exactly_16_kib_is_still_read(canvas, player_session):
     client, _ = await connect("test", session_key=player_session)
     frame = json.dumps({"type": "place", "x": 1, "y": 1, "color": 2, "pad": ""})

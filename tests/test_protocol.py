@@ -89,8 +89,11 @@ def test_frames_are_compact_json_with_the_contract_fields():
     }
 
 
-def test_numbers_far_outside_any_canvas_are_clamped_not_carried():
-    huge = "1" + "0" * 400
+@pytest.mark.parametrize("digits", [20, 400, 5000])
+def test_numbers_far_outside_any_canvas_are_clamped_not_carried(digits):
+    """Even past Python's 4,300-digit conversion limit: out of bounds (a clear
+    answer), not "Messages must be JSON objects"."""
+    huge = "1" + "0" * digits
     request = protocol.parse_client_message(
         f'{{"type": "place", "x": {huge}, "y": -{huge}, "color": {huge}}}'
     )

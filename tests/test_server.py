@@ -300,16 +300,23 @@ def test_an_upgraded_request_is_let_go_by_its_http_channel(server):
 
 
 @pytest.mark.live
-def test_the_launcher_closes_bad_frames_with_1007_or_1002_and_no_reply(tmp_path):
+def test_the_launcher_closes_bad_frames_with_their_codes_and_no_reply(tmp_path):
     stack = make_stack(tmp_path, servers=0)
     try:
         server = stack.start_server(None)
 
-        async def send_bad(first_byte: int, payload: bytes) -> list[tuple]:
+        async def send_bad(
+            first_byte: int, payload: bytes, length: int | None = None
+        ) -> list[tuple]:
             reader, writer = await _raw_socket(server.port)
             mask = b"\x01\x02\x03\x04"
             masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            writer.write(bytes([first_byte, 0x80 | len(payload)]) + mask + masked)
+            length = len(payload) if length is None else length
+            if length < 126:
+                header = bytes([first_byte, 0x80 | length])
+            else:  # the 64-bit length form
+                header = bytes([first_byte, 0x80 | 127]) + struct.pack("!Q", length)
+            writer.write(header + mask + masked)
             data = b""
             while chunk := await asyncio.wait_for(reader.read(65536), 10):
                 data += chunk
@@ -334,6 +341,9 @@ def test_the_launcher_closes_bad_frames_with_1007_or_1002_and_no_reply(tmp_path)
         place = b'{"type": "place", "x": 1, "y": 1, "color": 1}'
         not_utf8 = asyncio.run(send_bad(0x81, b'{"type": "place", "x": \xff}'))
         reserved_bit = asyncio.run(send_bad(0xC1, place))  # RSV1, no extension
+        # Past daphne's own 1 MiB limit, refused on its header: still the
+        # contract's 4009 for a frame over 16 KiB, not autobahn's 1009.
+        huge = asyncio.run(send_bad(0x81, b'{"type": ', length=1_500_000))
         # Refused origins all get the same 403 (autobahn would say 400 to null).
         refused = [
             asyncio.run(handshake_status(o)) for o in [b"null", b"http://x.test"]
@@ -341,7 +351,7 @@ def test_the_launcher_closes_bad_frames_with_1007_or_1002_and_no_reply(tmp_path)
         assert refused == [b"403", b"403"]
     finally:
         stack.stop()
-    for frames, code in [(not_utf8, 1007), (reserved_bit, 1002)]:
+    for frames, code in [(not_utf8, 1007), (reserved_bit, 1002), (huge, 4009)]:
         texts = [json.loads(body)["type"] for op, body in frames if op == 0x1]
         closes = [body for op, body in frames if op == 0x8]
         assert set(texts) <= {"hello", "online"}  # the bad frame got no answer

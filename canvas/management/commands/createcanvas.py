@@ -11,11 +11,24 @@ class Command(BaseCommand):
     help = "Create a canvas, or update these fields of an existing one."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("slug")
-        parser.add_argument("--width", type=int)
-        parser.add_argument("--height", type=int)
-        parser.add_argument("--cooldown", type=int, help="seconds between placements")
-        parser.add_argument("--title")
+        parser.add_argument(
+            "slug", help="its name in URLs (letters, digits, - and _; at most 50)"
+        )
+        parser.add_argument(
+            "--width",
+            type=int,
+            help="pixels across, 1-10000 (new canvas: 1000). Shrinking drops the"
+            " pixels outside the new size",
+        )
+        parser.add_argument(
+            "--height", type=int, help="pixels down, 1-10000 (new canvas: 1000)"
+        )
+        parser.add_argument(
+            "--cooldown",
+            type=int,
+            help="seconds a player waits between placements (new canvas: 300)",
+        )
+        parser.add_argument("--title", help="shown to players (new canvas: the slug)")
 
     def handle(
         self, *args, slug: str, width, height, cooldown, title, **options
