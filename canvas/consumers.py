@@ -118,6 +118,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         except DatabaseError:
             self.row_open = False  # the row is written last, in the same step
             log.warning("database unavailable during connect")
+            # Accepted first, as for an unknown canvas: a close before accept
+            # reaches the client as a bare HTTP 403, which reads as "refused".
+            await self.accept()
             await self.close(code=1011)
             return
         canvas = identity.canvas

@@ -1,8 +1,12 @@
-"""HTTP middleware: the proxy headers Django may believe; scrapes of /metrics."""
+"""HTTP middleware: the proxy headers Django may believe; scrapes of /metrics;
+a clear answer while the database is away."""
 
+import logging
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 
 from . import metrics
 from .clientip import is_trusted_proxy
@@ -43,3 +47,35 @@ class MetricsForScrapers:
         if request.path_info == "/metrics" and metrics.address_allowed(request):
             return metrics.metrics_response()
         return self.get_response(request)
+
+
+log = logging.getLogger("canvas.http")
+RETRY_AFTER_SECONDS = 5
+
+
+class DatabaseUnavailable:
+    """A view that cannot reach the database answers 503 with Retry-After:
+    JSON under /api/ (clients parse it), a short page elsewhere; not a 500
+    or, with debug on, a traceback page that itself waits on the database."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponse | None:
+        if not isinstance(exception, DatabaseError):
+            return None
+        log.warning("database unavailable for %s", request.path, exc_info=exception)
+        if request.path_info.startswith("/api/"):
+            response = JsonResponse(
+                {"error": "The database is unavailable; try again shortly."},
+                status=503,
+            )
+        else:
+            response = render(request, "canvas/unavailable.html", status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response

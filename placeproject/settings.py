@@ -123,6 +123,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "canvas.middleware.DatabaseUnavailable",  # innermost: sees the views' errors
 ]
 
 ROOT_URLCONF = "placeproject.urls"

@@ -165,6 +165,29 @@ async def test_frame_over_16_kib_closes_with_4009_even_when_rate_limited(
     assert output == {"type": "websocket.close", "code": 4009}
 
 
+async def test_a_handshake_without_the_database_is_closed_with_1011(
+    canvas, monkeypatch
+):
+    """Accepted, then closed with the documented code: a close before accept
+    would reach the browser as a bare HTTP 403, as if it were refused."""
+    from django.db import OperationalError
+
+    from canvas import consumers
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("couldn't get a connection after 5.00 sec")
+
+    monkeypatch.setattr(consumers, "_admit", unreachable)
+    client = communicator("test")
+    connected, _ = await client.connect(timeout=5)
+    assert connected
+    assert await client.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 1011,
+    }
+    assert await adb(Connection.objects.count)() == 0
+
+
 async def test_frame_of_exactly_16_kib_is_still_read(canvas, player_session):
     client, _ = await connect("test", session_key=player_session)
     frame = json.dumps({"type": "place", "x": 1, "y": 1, "color": 2, "pad": ""})

@@ -285,6 +285,23 @@ def test_login_and_logout(client, canvas):
     assert not client.get("/c/test/").context["user"].is_authenticated
 
 
+def test_while_the_database_is_away_the_api_says_503_in_json_and_pages_say_why(
+    client, canvas, monkeypatch
+):
+    from django.db import OperationalError
+
+    def unreachable(**kwargs):
+        raise OperationalError("couldn't get a connection after 5.00 sec")
+
+    monkeypatch.setattr(views.selectors, "canvas_get", unreachable)
+    api = client.get("/api/canvases/test/")
+    assert api.status_code == 503 and api["Retry-After"] == "5"
+    assert api.json() == {"error": "The database is unavailable; try again shortly."}
+    page = client.get("/c/test/")
+    assert page.status_code == 503 and page["Retry-After"] == "5"
+    assert "unavailable for a moment" in page.content.decode()
+
+
 def test_signing_up_and_logging_in_work_while_redis_is_down(client, canvas, settings):
     """The attempt counters live in the shared cache; without it, players
     still get in (counted per process), not an error page."""
