@@ -128,6 +128,7 @@ class PlaceServer(Server):
         self.due_order = itertools.count()
 
     def run(self) -> None:
+        _refuse_an_unmigrated_database()
         if self.verbosity <= 1:
             _skip_autobahn_debug_formatting()
         super().run()
@@ -301,6 +302,32 @@ class PlaceServer(Server):
 
 def _note_done(attention: set, protocol, _task) -> None:
     attention.add(protocol)
+
+
+def _refuse_an_unmigrated_database() -> None:
+    """Stop with a clear line rather than serve 500s from missing tables (a
+    deploy that ran `migrate` without the workers' DATABASE_URL, say). A
+    database that cannot be reached yet is not a reason to stop: the process
+    answers 503 until it is back."""
+    from django.db import DatabaseError, connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    try:
+        executor = MigrationExecutor(connection)
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as error:
+        logger.warning("could not check the database's migrations: %s", error)
+        return
+    finally:
+        connection.close()
+    if plan:
+        logger.critical(
+            "%d migration(s) not applied to %s: run `python manage.py migrate`"
+            " with this environment first",
+            len(plan),
+            connection.settings_dict.get("NAME"),
+        )
+        raise SystemExit(1)
 
 
 def _skip_autobahn_debug_formatting() -> None:

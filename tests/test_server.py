@@ -376,3 +376,27 @@ def test_autobahn_debug_lines_are_not_formatted_when_nothing_logs_them(monkeypat
     monkeypatch.setattr(autobahn_protocol, "pformat", autobahn_protocol.pformat)
     srv._skip_autobahn_debug_formatting()
     assert "not formatted" in autobahn_protocol.pformat([("a", 1, "b")] * 100)
+
+
+def test_the_launcher_refuses_a_database_with_migrations_to_apply(tmp_path):
+    """A deploy that migrated another database (the default SQLite file, say)
+    gets one clear line and exit status 1, not a worker serving 500s."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLACE_")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "placeproject.server", "-p", "0"]
+        + ["placeproject.asgi:application"],
+        cwd=Path(srv.__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "not applied to" in result.stderr
+    assert "run `python manage.py migrate`" in result.stderr
