@@ -30,29 +30,43 @@ def write(wire: WebSocketProtocol, prepared: PreparedMessage, limit: int) -> boo
     if wire.state != WebSocketProtocol.STATE_OPEN:
         return True
     transport = wire.transport
-    unsent = len(getattr(transport, "dataBuffer", b"")) - getattr(
-        transport, "offset", 0
-    )
-    unsent += getattr(transport, "_tempDataLen", 0)
+    unsent = _unsent(transport)
     if limit and unsent > limit:
         return False
-    data = prepared.payloadHybi
     if wire.send_queue:
         wire.sendPreparedMessage(prepared)
-    elif unsent or getattr(transport, "socket", None) is None:
-        transport.write(data)
     else:
-        # Nothing queued: try the kernel first. Most frames go out whole and
-        # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # the connection is going; twisted will notice
-            return True
-        if sent < len(data):
-            transport.write(data[sent:])
+        _send(transport, prepared.payloadHybi, unsent)
     return True
+
+
+def send_bytes(wire: WebSocketProtocol, data: bytes) -> None:
+    """Autobahn's own frames (keepalive pings, closes) by the same short road."""
+    _send(wire.transport, data, _unsent(wire.transport))
+
+
+def _unsent(transport) -> int:
+    buffered = len(getattr(transport, "dataBuffer", b""))
+    unsent = buffered - getattr(transport, "offset", 0)
+    return unsent + getattr(transport, "_tempDataLen", 0)
+
+
+def _send(transport, data: bytes, unsent: int) -> None:
+    if unsent or getattr(transport, "socket", None) is None:
+        # Behind bytes already queued (order), or not a plain TCP transport
+        # (TLS wraps it): twisted's way.
+        transport.write(data)
+        return
+    # Nothing queued: try the kernel first. Most frames go out whole and
+    # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:  # the connection is going; twisted will notice
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 def abort_if_open(wire: WebSocketProtocol) -> None:

@@ -36,6 +36,7 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import reactor
 
+from canvas import sockets
 from canvas.protocol import CLOSE_TOO_LARGE
 
 logger = logging.getLogger("daphne.server")
@@ -95,6 +96,18 @@ class Inbox:
 
 
 class PlaceWebSocketProtocol(WebSocketProtocol):
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """Autobahn's own frames (a keepalive ping every minute per socket, the
+        handshake, closes) straight to the kernel when nothing is queued, as
+        the hub's broadcasts go (canvas/sockets.py): twisted's write
+        scheduling was a fifth of an idle process's CPU."""
+        if sync or chopsize or self.send_queue or self.transport is None:
+            super().sendData(data, sync, chopsize)
+            return
+        sockets.send_bytes(self, data)
+
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         if code == WebSocketProtocol.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG:
             # Past daphne's 1 MiB limit autobahn refuses a frame on its header,

@@ -400,3 +400,27 @@ def test_the_launcher_refuses_a_database_with_migrations_to_apply(tmp_path):
     assert result.returncode == 1
     assert "not applied to" in result.stderr
     assert "run `python manage.py migrate`" in result.stderr
+
+
+@pytest.mark.parametrize("unsent", [0, 100])
+def test_keepalive_pings_go_straight_to_the_kernel_unless_bytes_wait(unsent):
+    """The launcher's sockets send autobahn's own frames as broadcasts go:
+    one send() when nothing is queued, behind twisted's buffer otherwise."""
+    from .test_fanout import FakeSocket, FakeTransport
+
+    from types import SimpleNamespace
+
+    wire = srv.PlaceWebSocketProtocol()
+    wire.factory = SimpleNamespace(isServer=True)
+    wire.maskServerFrames = False
+    wire.logFrames = False
+    wire.state = WebSocketProtocol.STATE_OPEN
+    wire.send_queue = []
+    wire.transport = FakeTransport(unsent)
+    wire.transport.socket = FakeSocket(accepts=10_000)
+    wire.sendPing(b"ping")
+    frame = b"\x89\x04ping"
+    if unsent:
+        assert wire.transport.socket.sent == [] and wire.transport.written == [frame]
+    else:
+        assert wire.transport.socket.sent == [frame] and wire.transport.written == []
