@@ -98,6 +98,17 @@ def test_createcanvas_creates_then_updates_only_what_it_is_given():
 
 
 @pytest.mark.django_db
+def test_createcanvas_says_when_a_resize_drops_pixels():
+    createcanvas("cut", "--width", "40", "--height", "30")
+    err = StringIO()
+    call_command("createcanvas", "cut", "--width", "20", stdout=StringIO(), stderr=err)
+    assert "cut from 40x30; the pixels outside it are gone" in err.getvalue()
+    err = StringIO()
+    call_command("createcanvas", "cut", "--width", "60", stdout=StringIO(), stderr=err)
+    assert err.getvalue() == ""  # growing loses nothing
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     "args, message",
     [

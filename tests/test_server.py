@@ -406,9 +406,9 @@ def test_the_launcher_refuses_a_database_with_migrations_to_apply(tmp_path):
 def test_keepalive_pings_go_straight_to_the_kernel_unless_bytes_wait(unsent):
     """The launcher's sockets send autobahn's own frames as broadcasts go:
     one send() when nothing is queued, behind twisted's buffer otherwise."""
-    from .test_fanout import FakeSocket, FakeTransport
-
     from types import SimpleNamespace
+
+    from .test_fanout import FakeSocket, FakeTransport
 
     wire = srv.PlaceWebSocketProtocol()
     wire.factory = SimpleNamespace(isServer=True)

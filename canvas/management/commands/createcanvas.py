@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.core.validators import validate_slug
 
 from canvas import services
+from canvas.models import Canvas
 
 
 class Command(BaseCommand):
@@ -39,6 +40,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"invalid slug {slug!r}: use letters, digits, - and _"
             ) from None
+        before = Canvas.objects.filter(slug=slug).values("width", "height").first()
         try:
             canvas, created = services.canvas_create_or_update(
                 slug=slug,
@@ -54,3 +56,10 @@ class Command(BaseCommand):
             f"{verb} canvas {canvas.slug}: {canvas.width}x{canvas.height}, "
             f"cooldown {canvas.cooldown_seconds} s"
         )
+        if before and (
+            canvas.width < before["width"] or canvas.height < before["height"]
+        ):
+            self.stderr.write(
+                f"note: the board was cut from {before['width']}x{before['height']};"
+                " the pixels outside it are gone (growing it back leaves them blank)"
+            )
