@@ -8,6 +8,7 @@ address says which pixel is there and at what zoom), never from page state.
 import asyncio
 import concurrent.futures
 import io
+import json
 import math
 import os
 import re
@@ -204,8 +205,6 @@ def wait_colours(page, expected: dict, timeout: float = 10) -> None:
 
 
 def palette(server_url: str, slug: str) -> list[tuple[int, int, int]]:
-    import json
-
     with urllib.request.urlopen(f"{server_url}/api/canvases/{slug}/") as r:
         return [hex_rgb(c) for c in json.loads(r.read())["palette"]]
 
@@ -848,3 +847,29 @@ def test_production_mode_serves_hashed_static_files(tmp_path, browser, errors):
             context.close()
     finally:
         stack.stop()
+
+
+# ---- what a player found by playing ----
+
+
+def test_a_tiny_canvas_opens_and_resets_within_the_zoom_limit(stack, open_page):
+    """On a 3x3 canvas the whole-board fit would exceed 64x: it is clamped, so
+    zooming in never shrinks the board and the address reproduces the view."""
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "tiny", "--width", "3", "--height", "3")
+    small = {"viewport": {"width": 1280, "height": 720}}
+    page = open_page(f"{url}/c/tiny/", **small)
+    assert wait_view(page) == (1, 1, 64)
+    page.locator('[data-role="zoom-in"]').click()
+    page.wait_for_timeout(300)
+    assert wait_view(page) == (1, 1, 64)
+    page.locator('[data-role="zoom-out"]').click()
+    wait_view(page, lambda v: v[2] == 32)
+    page.locator('[data-role="reset"]').click()
+    wait_view(page, lambda v: v[2] == 64)
+    again = open_page(f"{url}/c/tiny/?x=1&y=1&z=151.35", **small)
+    assert wait_view(again) == (1, 1, 64)
+    page.mouse.move(5, 400)
+    again.mouse.move(5, 400)
+    clip = {"x": 640 - 150, "y": 360 - 150, "width": 300, "height": 300}
+    assert page.screenshot(clip=clip) == again.screenshot(clip=clip)

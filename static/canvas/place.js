@@ -80,14 +80,17 @@
   const MAX_ZOOM = 64;
   let interacting = false; // a drag or pinch is in progress
   function boardRect() { return boardEl.getBoundingClientRect(); }
-  // The whole board, clear of the top bar and the toolbar that float over it.
+  // The whole board, clear of the top bar and the toolbar that float over it;
+  // never past the maximum, so a tiny canvas opens (and resets) at a zoom that
+  // "+" only keeps and the address reproduces.
   function fitZoom() {
     const r = boardRect();
     const top = document.querySelector('.topbar').getBoundingClientRect().height;
     const bottom = r.bottom - document.querySelector('.toolbar').getBoundingClientRect().top;
     const usableH = r.height - 2 * Math.max(top, bottom, 0) - 16;
     const usableW = r.width - 16;
-    return Math.max(0.05, Math.min(usableW / width, Math.max(usableH, r.height / 3) / height));
+    const fit = Math.min(usableW / width, Math.max(usableH, r.height / 3) / height);
+    return Math.min(MAX_ZOOM, Math.max(0.05, fit));
   }
   function minZoom() { return Math.min(1, fitZoom() / 2); }
   function clampCam() {
@@ -119,6 +122,7 @@
   }
   function resetView() {
     cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom();
+    clampCam();
     cameraChanged();
   }
 
@@ -771,7 +775,7 @@
   // ---- start ----
   resizeBoard(width, height);
   sizeView();
-  if (!readUrl()) { cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom(); }
+  if (!readUrl()) { cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom(); clampCam(); }
   writeUrl();
   select(null);
   showAlerts();
