@@ -873,3 +873,52 @@ def test_a_tiny_canvas_opens_and_resets_within_the_zoom_limit(stack, open_page):
     again.mouse.move(5, 400)
     clip = {"x": 640 - 150, "y": 360 - 150, "width": 300, "height": 300}
     assert page.screenshot(clip=clip) == again.screenshot(clip=clip)
+
+
+def touch_on(page):
+    """Send raw touch points through the DevTools protocol."""
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, points: list[tuple[float, float]]) -> None:
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {
+                "type": kind,
+                "touchPoints": [
+                    {"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)
+                ],
+            },
+        )
+
+    return touch
+
+
+def test_a_tap_that_drifts_a_few_pixels_still_places(stack, open_page):
+    """A finger is less steady than a mouse: 8 px of drift is a tap, 30 px a pan."""
+    url = stack.servers[0].url
+    stack.manage(
+        "createcanvas", "slop", "--width", "64", "--height", "64", "--cooldown", "0"
+    )
+    colours = palette(url, "slop")
+    page = open_page(f"{url}/c/slop/?x=32&y=32&z=6", **PHONE)
+    touch = touch_on(page)
+    page.locator('[data-color="12"]').tap()
+    before = view_of(page)
+    px, py = screen_point(page, 30, 30)
+    touch("touchStart", [(px, py)])
+    for dx, dy in [(3, 2), (6, 3), (8, 1)]:
+        touch("touchMove", [(px + dx, py + dy)])
+    touch("touchEnd", [])
+    wait_colours(page, {(30, 30): colours[12]})
+    assert board_bytes(url, "slop")[30 * 64 + 30] == 12
+    assert view_of(page) == before
+
+    # A real drag by a finger still pans and never places (no cooldown to stop it).
+    px, py = screen_point(page, 20, 20)
+    touch("touchStart", [(px, py)])
+    for step in range(1, 7):
+        touch("touchMove", [(px + step * 5, py)])
+    touch("touchEnd", [])
+    wait_view(page, lambda v: v != before)
+    page.wait_for_timeout(500)
+    assert set(board_bytes(url, "slop")) == {0, 12}

@@ -653,7 +653,10 @@
   let downAt = null;
   let downPixel = null;
   let pinchDistance = 0;
-  const DRAG_THRESHOLD = 6;
+  // How far a press may move and still be a click: a finger or a pen drifts
+  // further than a mouse while tapping.
+  const DRAG_THRESHOLD = { mouse: 6, touch: 12, pen: 12 };
+  let dragThreshold = DRAG_THRESHOLD.mouse;
 
   function pixelAt(sx, sy) {
     const p = screenToCanvas(sx, sy);
@@ -668,6 +671,7 @@
     if (pointers.size === 1) {
       dragged = false;
       downAt = { x: e.clientX, y: e.clientY };
+      dragThreshold = DRAG_THRESHOLD[e.pointerType] || DRAG_THRESHOLD.touch;
       // A click acts where it was pressed, whatever the small slip before release.
       downPixel = pixelAt(e.clientX, e.clientY);
     }
@@ -688,7 +692,7 @@
       pinchDistance = d;
       return;
     }
-    if (!dragged && Math.hypot(e.clientX - downAt.x, e.clientY - downAt.y) > DRAG_THRESHOLD) {
+    if (!dragged && Math.hypot(e.clientX - downAt.x, e.clientY - downAt.y) > dragThreshold) {
       dragged = true;
       boardEl.classList.add('dragging');
     }
