@@ -922,3 +922,57 @@ def test_a_tap_that_drifts_a_few_pixels_still_places(stack, open_page):
     wait_view(page, lambda v: v != before)
     page.wait_for_timeout(500)
     assert set(board_bytes(url, "slop")) == {0, 12}
+
+
+def open_with_socket(browser, errors, url: str, handler, **context_options):
+    """A page whose WebSocket is handed to `handler` (a Playwright WebSocketRoute)."""
+    context = browser.new_context(**({"viewport": DESKTOP} | context_options))
+    page = context.new_page()
+    errors.watch(page)
+    page.route_web_socket("**/ws/canvases/**", handler)
+    page.goto(url)
+    return context, page
+
+
+def test_the_board_is_fetched_without_waiting_for_hello_and_kept_in_step(
+    stack, browser, errors
+):
+    """The snapshot is requested while the socket is still connecting; when the
+    hello names a newer seq than the snapshot's, the page refetches."""
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "early", "--width", "16", "--height", "16")
+    colours = palette(url, "early")
+    sockets = []
+
+    def hold(ws):
+        sockets.append(ws)  # never connected to the server: no hello until sent
+
+    context, page = open_with_socket(
+        browser, errors, f"{url}/c/early/?x=8&y=8&z=20", hold
+    )
+    try:
+        # No hello has been sent (the socket goes nowhere), yet the board comes.
+        page.wait_for_function(
+            "() => performance.getEntriesByName('place:board-decoded').length",
+            timeout=10000,
+        )
+        assert len(sockets) == 1
+        board_requests = []
+        page.on(
+            "request",
+            lambda r: board_requests.append(r) if r.url.endswith("/board") else None,
+        )
+        # A change after that snapshot (seq 1): the hello says so, no frame does.
+        place_live(stack.servers[0], "early", [(3, 4, 5)])
+        hello = {"type": "hello", "seq": 1, "cooldown_seconds": 0}
+        hello |= {"cooldown_remaining": 0, "can_place": False, "user": None}
+        sockets[0].send(json.dumps(hello))
+        wait_live(page)
+        wait_colours(page, {(3, 4): colours[5], (4, 4): PALETTE_WHITE})
+        assert len(board_requests) == 1
+        # The stream goes on from the hello: a repeat is skipped, the next drawn.
+        sockets[0].send(json.dumps({"type": "pixels", "updates": [[1, 3, 4, 9]]}))
+        sockets[0].send(json.dumps({"type": "pixels", "updates": [[2, 6, 6, 7]]}))
+        wait_colours(page, {(3, 4): colours[5], (6, 6): colours[7]})
+    finally:
+        context.close()

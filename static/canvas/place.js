@@ -267,6 +267,8 @@
   let loading = false;
   let reloadAfter = false; // a fetch was asked for while one was in flight
   let etag = null;
+  let helloSeq = -1;   // the stream runs from the last hello's seq + 1
+  let hellos = 0;      // hellos received: after the first, a reconnect
 
   async function loadBoard(again) {
     if (loading) {
@@ -312,6 +314,12 @@
     const pending = buffer;
     buffer = [];
     applyUpdates(pending);
+    // A snapshot older than the hello (fetched in parallel with the socket):
+    // the changes between them come in no frame, so fetch it again.
+    if (!loading && appliedSeq < helloSeq) {
+      etag = null;
+      loadBoard();
+    }
   }
 
   function applyUpdates(updates) {
@@ -523,9 +531,18 @@
         me = msg.user;
         setBanned(false); paused = false;
         setCooldown(msg.cooldown_remaining);
-        // After a reconnect anything may have been missed: resync from a snapshot.
-        buffer = [];
-        loadBoard();
+        helloSeq = msg.seq;
+        if (hellos++ > 0) {
+          // After a reconnect anything may have been missed: resync from a snapshot.
+          buffer = [];
+          loadBoard();
+        } else if (!loading && appliedSeq < helloSeq) {
+          // The first snapshot, fetched while the socket opened, is older
+          // than the hello (or failed): fetch it again. One still loading is
+          // checked when it arrives.
+          etag = null;
+          loadBoard();
+        }
         break;
       case 'pixels':
         applyUpdates(msg.updates);
@@ -785,5 +802,7 @@
   showAlerts();
   tickCooldown();
   requestAnimationFrame(frame);
+  // The board and the socket at once: updates wait in `buffer` for the snapshot.
+  loadBoard();
   connect();
 })();
