@@ -976,3 +976,40 @@ def test_the_board_is_fetched_without_waiting_for_hello_and_kept_in_step(
         wait_colours(page, {(3, 4): colours[5], (6, 6): colours[7]})
     finally:
         context.close()
+
+
+def test_ban_and_pause_reasons_stay_on_the_cooldown(stack, open_page):
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "why", "--width", "32", "--height", "32")
+    page = open_page(f"{url}/c/why/?x=16&y=16&z=8", timezone_id="America/New_York")
+    cooldown = page.locator('[data-role="cooldown"]')
+    set_ban(stack, page.locator(".who").inner_text(), 2)
+    page.reload()
+    wait_live(page)
+    page.wait_for_function(
+        "el => /banned/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    page.locator('[data-role="message"]').wait_for(state="hidden", timeout=8000)
+    title = cooldown.get_attribute("title")
+    assert "spam" in title and re.search(r"\bE[SD]T\b", title), title
+    description = page.evaluate(
+        "el => el.getAttribute('aria-describedby').split(' ')"
+        ".map(id => document.getElementById(id).textContent).join(' ')",
+        cooldown.element_handle(),
+    )
+    assert "spam" in description and "banned until" in description.lower()
+
+    set_ban(stack, page.locator(".who").inner_text(), -1)
+    set_open(stack, "why", False)
+    page.reload()
+    wait_live(page)
+    page.wait_for_function(
+        "el => /paused/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    page.locator('[data-role="message"]').wait_for(state="hidden", timeout=8000)
+    assert "paused by the moderators" in cooldown.get_attribute("title")
+    set_open(stack, "why", True)
+    page.wait_for_function(
+        "el => /ready/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    assert "paused" not in cooldown.get_attribute("title").lower()

@@ -19,6 +19,7 @@
   const inspectorEl = $('inspector');
   const notifyEl = $('notify');
   const announceEl = $('announce');
+  const whyEl = $('cooldown-why');
   const swatches = Array.from(document.querySelectorAll('[data-color]'));
   const nextLinks = Array.from(document.querySelectorAll('a[href*="next="]'));
   const api = '/api/canvases/' + encodeURIComponent(config.slug) + '/';
@@ -348,7 +349,10 @@
   let paused = false;     // a `canvas` message or refusal, until open again or an accept
   let connected = false;  // hello received, socket still open
   let bannedTimer = null;
+  let banWhy = '';        // the ban's end and reason, kept on the cooldown
   let wasWaiting = false;
+  const PAUSED_WHY = 'The canvas is paused by the moderators; you can place again when they reopen it.';
+  const COOLDOWN_TITLE = cooldownEl.title;
   function setCooldown(seconds) {
     cooldownEnds = Date.now() + Math.max(0, seconds) * 1000;
     tickCooldown();
@@ -375,10 +379,20 @@
       document.title = '(' + clock(left) + ') ' + baseTitle;
     }
     wasWaiting = free && left > 0;
+    // The reason outlives its message: a tooltip and an accessible description.
+    const why = !identified || !connected ? '' : banned ? banWhy : paused ? PAUSED_WHY : '';
+    cooldownEl.title = why || COOLDOWN_TITLE;
+    if (whyEl.textContent !== why) whyEl.textContent = why;
   }
   setInterval(tickCooldown, 250);
-  function setBanned(on, until) {
+  // "until 3/4/2026, 5:06:07 PM EST" (the time zone said), or "for good".
+  function banEnd(until) {
+    if (until.getUTCFullYear() >= 9999) return 'for good';
+    return 'until ' + until.toLocaleString(undefined, { timeZoneName: 'short' });
+  }
+  function setBanned(on, until, why) {
     banned = on;
+    banWhy = on ? why || banWhy : '';
     clearTimeout(bannedTimer);
     const ms = on && until ? until.getTime() - Date.now() : -1;
     // The ban ends by itself (setTimeout cannot wait past about 24 days).
@@ -554,7 +568,7 @@
         break;
       case 'rejected':
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
-        if (msg.code === 'banned') setBanned(true);
+        if (msg.code === 'banned' && !banned) setBanned(true, null, msg.message);
         if (msg.code === 'canvas_closed') { paused = true; tickCooldown(); }
         showMessage(rejection(msg));
         break;
@@ -580,9 +594,9 @@
         break;
       case 'banned': {
         const until = new Date(msg.until);
-        setBanned(true, until);
-        showMessage('You are banned from placing pixels ' +
-          (until.getUTCFullYear() >= 9999 ? 'for good' : 'until ' + until.toLocaleString()) +
+        setBanned(true, until, 'Banned ' + banEnd(until) +
+          (msg.reason ? '. Reason: ' + msg.reason + '.' : '.'));
+        showMessage('You are banned from placing pixels ' + banEnd(until) +
           (msg.reason ? ' (' + msg.reason + ').' : '.'));
         break;
       }
