@@ -1013,3 +1013,38 @@ def test_ban_and_pause_reasons_stay_on_the_cooldown(stack, open_page):
         "el => /ready/i.test(el.textContent)", arg=cooldown.element_handle()
     )
     assert "paused" not in cooldown.get_attribute("title").lower()
+
+
+def test_a_ban_made_and_lifted_live_shows_at_once(stack, browser, errors):
+    """`banned` and `unbanned` frames reach an open page (injected here)."""
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "live-ban", "--width", "32", "--height", "32")
+    sockets = []
+
+    def forward(ws):
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    context, page = open_with_socket(
+        browser, errors, f"{url}/c/live-ban/?x=16&y=16&z=8", forward
+    )
+    try:
+        wait_live(page)
+        cooldown = page.locator('[data-role="cooldown"]')
+        message = page.locator('[data-role="message"]')
+        assert "ready" in cooldown.inner_text().lower()
+        ban = {"type": "banned", "until": "9999-01-01T00:00:00+00:00"}
+        sockets[0].send(json.dumps(ban | {"reason": "griefing"}))
+        page.wait_for_function(
+            "el => el.textContent === 'Banned'", arg=cooldown.element_handle()
+        )
+        assert "for good (griefing)" in message.inner_text()
+        assert "for good" in cooldown.get_attribute("title")
+        sockets[0].send(json.dumps({"type": "unbanned"}))
+        page.wait_for_function(
+            "el => /ready/i.test(el.textContent)", arg=cooldown.element_handle()
+        )
+        assert message.inner_text() == "Your ban has been lifted."
+        assert "griefing" not in cooldown.get_attribute("title")
+    finally:
+        context.close()

@@ -345,7 +345,7 @@
   // `banned` and `paused` only change what the page shows: clicks still go to
   // the server, which decides (a ban may have ended, a resume crossed a refusal).
   let identified = false; // hello named a player (signed in, or anonymous play)
-  let banned = false;     // a `banned` message or refusal, until `until` or an accept
+  let banned = false;     // a `banned` message or refusal, until `until`, `unbanned` or an accept
   let paused = false;     // a `canvas` message or refusal, until open again or an accept
   let connected = false;  // hello received, socket still open
   let bannedTimer = null;
@@ -600,6 +600,10 @@
           (msg.reason ? ' (' + msg.reason + ').' : '.'));
         break;
       }
+      case 'unbanned':
+        setBanned(false);
+        showMessage('Your ban has been lifted.', 'info');
+        break;
       default:
         break; // unknown types are for newer clients
     }
