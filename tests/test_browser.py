@@ -230,7 +230,7 @@ def test_a_click_places_and_another_player_sees_it_drawn(stack, open_page):
     wait_colours(bob, {(10, 12): PALETTE_WHITE})
 
     alice.locator('[data-color="5"]').click()
-    assert alice.locator('[data-color="5"]').get_attribute("aria-pressed") == "true"
+    assert alice.locator('[data-color="5"]').get_attribute("aria-checked") == "true"
     click_pixel(alice, 10, 12)
 
     wait_colours(bob, {(10, 12): colours[5], (11, 12): PALETTE_WHITE})
@@ -510,7 +510,7 @@ def test_palette_and_placing_work_from_the_keyboard(stack, open_page):
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("Enter")
-    assert buttons.nth(2).get_attribute("aria-pressed") == "true"
+    assert buttons.nth(2).get_attribute("aria-checked") == "true"
     page.locator('[data-role="board"]').focus()
     page.keyboard.press("ArrowLeft")  # one step: 40 screen px = 5 pixels
     page.keyboard.press("Enter")
@@ -1048,3 +1048,39 @@ def test_a_ban_made_and_lifted_live_shows_at_once(stack, browser, errors):
         assert "griefing" not in cooldown.get_attribute("title")
     finally:
         context.close()
+
+
+def test_the_palette_is_one_tab_stop_with_arrow_keys_inside(stack, open_page):
+    url = stack.servers[0].url
+    page = open_page(f"{url}/c/keys/?x=20&y=20&z=8")
+    group = page.locator(".palette")
+    assert group.get_attribute("role") == "radiogroup"
+    focused = "() => document.activeElement.dataset.color ?? document.activeElement"
+    focused += ".dataset.role"
+    page.locator('[data-role="board"]').focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "0"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(focused) == "2"
+    page.keyboard.press("Space")
+    swatch = page.locator('[data-color="2"]')
+    assert swatch.get_attribute("aria-checked") == "true"
+    assert swatch.get_attribute("role") == "radio"
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # wraps round to the last colour
+    assert page.evaluate(focused) == "15"
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "zoom-out"
+    # Back into the palette lands on the chosen colour; one more leaves it.
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused) == "2"
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused) == "board"
+    # Clicking still chooses, and a second click puts the colour down.
+    page.locator('[data-color="7"]').click()
+    assert page.locator('[data-color="7"]').get_attribute("aria-checked") == "true"
+    assert swatch.get_attribute("aria-checked") == "false"
+    page.locator('[data-color="7"]').click()
+    assert page.locator('[data-color="7"]').get_attribute("aria-checked") == "false"

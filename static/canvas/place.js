@@ -661,13 +661,23 @@
     inspectorEl.hidden = true;
   });
 
-  // ---- palette: buttons with colour names; arrow keys move between them ----
+  // ---- palette: a radio group of colour buttons, one tab stop (roving
+  // tabindex); arrow keys, Home and End move between them, Space or Enter
+  // (the buttons' own click) chooses ----
   let selected = null;
+  const paletteEl = $('palette');
+  function chosenSwatch() {
+    return swatches.find(function (b) { return Number(b.dataset.color) === selected; }) || swatches[0];
+  }
+  function tabStop(button) {
+    swatches.forEach(function (b) { b.tabIndex = b === button ? 0 : -1; });
+  }
   function select(index) {
     selected = selected === index ? null : index;
     swatches.forEach(function (b) {
-      b.setAttribute('aria-pressed', String(Number(b.dataset.color) === selected));
+      b.setAttribute('aria-checked', String(Number(b.dataset.color) === selected));
     });
+    tabStop(chosenSwatch());
     selectedEl.textContent = selected === null ? 'No colour: click a pixel to inspect it'
       : 'Colour: ' + (names[selected] || selected);
     needsDraw = true;
@@ -675,11 +685,18 @@
   swatches.forEach(function (b, i) {
     b.addEventListener('click', function () { select(Number(b.dataset.color)); });
     b.addEventListener('keydown', function (e) {
-      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
-      if (!step) return;
+      const last = swatches.length - 1;
+      const to = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: last }[e.key];
+      if (to === undefined) return;
       e.preventDefault();
-      swatches[(i + step + swatches.length) % swatches.length].focus();
+      const next = swatches[(to + swatches.length) % swatches.length];
+      tabStop(next);
+      next.focus();
     });
+  });
+  // Tabbing back into the palette lands on the chosen colour.
+  paletteEl.addEventListener('focusout', function (e) {
+    if (!paletteEl.contains(e.relatedTarget)) tabStop(chosenSwatch());
   });
 
   // ---- pointer input: a click places, a drag pans, two fingers pinch ----
