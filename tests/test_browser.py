@@ -8,6 +8,7 @@ address says which pixel is there and at what zoom), never from page state.
 import asyncio
 import concurrent.futures
 import io
+import json
 import math
 import os
 import re
@@ -204,8 +205,6 @@ def wait_colours(page, expected: dict, timeout: float = 10) -> None:
 
 
 def palette(server_url: str, slug: str) -> list[tuple[int, int, int]]:
-    import json
-
     with urllib.request.urlopen(f"{server_url}/api/canvases/{slug}/") as r:
         return [hex_rgb(c) for c in json.loads(r.read())["palette"]]
 
@@ -231,7 +230,7 @@ def test_a_click_places_and_another_player_sees_it_drawn(stack, open_page):
     wait_colours(bob, {(10, 12): PALETTE_WHITE})
 
     alice.locator('[data-color="5"]').click()
-    assert alice.locator('[data-color="5"]').get_attribute("aria-pressed") == "true"
+    assert alice.locator('[data-color="5"]').get_attribute("aria-checked") == "true"
     click_pixel(alice, 10, 12)
 
     wait_colours(bob, {(10, 12): colours[5], (11, 12): PALETTE_WHITE})
@@ -511,7 +510,7 @@ def test_palette_and_placing_work_from_the_keyboard(stack, open_page):
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("Enter")
-    assert buttons.nth(2).get_attribute("aria-pressed") == "true"
+    assert buttons.nth(2).get_attribute("aria-checked") == "true"
     page.locator('[data-role="board"]').focus()
     page.keyboard.press("ArrowLeft")  # one step: 40 screen px = 5 pixels
     page.keyboard.press("Enter")
@@ -848,3 +847,240 @@ def test_production_mode_serves_hashed_static_files(tmp_path, browser, errors):
             context.close()
     finally:
         stack.stop()
+
+
+# ---- what a player found by playing ----
+
+
+def test_a_tiny_canvas_opens_and_resets_within_the_zoom_limit(stack, open_page):
+    """On a 3x3 canvas the whole-board fit would exceed 64x: it is clamped, so
+    zooming in never shrinks the board and the address reproduces the view."""
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "tiny", "--width", "3", "--height", "3")
+    small = {"viewport": {"width": 1280, "height": 720}}
+    page = open_page(f"{url}/c/tiny/", **small)
+    assert wait_view(page) == (1, 1, 64)
+    page.locator('[data-role="zoom-in"]').click()
+    page.wait_for_timeout(300)
+    assert wait_view(page) == (1, 1, 64)
+    page.locator('[data-role="zoom-out"]').click()
+    wait_view(page, lambda v: v[2] == 32)
+    page.locator('[data-role="reset"]').click()
+    wait_view(page, lambda v: v[2] == 64)
+    again = open_page(f"{url}/c/tiny/?x=1&y=1&z=151.35", **small)
+    assert wait_view(again) == (1, 1, 64)
+    page.mouse.move(5, 400)
+    again.mouse.move(5, 400)
+    clip = {"x": 640 - 150, "y": 360 - 150, "width": 300, "height": 300}
+    assert page.screenshot(clip=clip) == again.screenshot(clip=clip)
+
+
+def touch_on(page):
+    """Send raw touch points through the DevTools protocol."""
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, points: list[tuple[float, float]]) -> None:
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {
+                "type": kind,
+                "touchPoints": [
+                    {"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)
+                ],
+            },
+        )
+
+    return touch
+
+
+def test_a_tap_that_drifts_a_few_pixels_still_places(stack, open_page):
+    """A finger is less steady than a mouse: 8 px of drift is a tap, 30 px a pan."""
+    url = stack.servers[0].url
+    stack.manage(
+        "createcanvas", "slop", "--width", "64", "--height", "64", "--cooldown", "0"
+    )
+    colours = palette(url, "slop")
+    page = open_page(f"{url}/c/slop/?x=32&y=32&z=6", **PHONE)
+    touch = touch_on(page)
+    page.locator('[data-color="12"]').tap()
+    before = view_of(page)
+    px, py = screen_point(page, 30, 30)
+    touch("touchStart", [(px, py)])
+    for dx, dy in [(3, 2), (6, 3), (8, 1)]:
+        touch("touchMove", [(px + dx, py + dy)])
+    touch("touchEnd", [])
+    wait_colours(page, {(30, 30): colours[12]})
+    assert board_bytes(url, "slop")[30 * 64 + 30] == 12
+    assert view_of(page) == before
+
+    # A real drag by a finger still pans and never places (no cooldown to stop it).
+    px, py = screen_point(page, 20, 20)
+    touch("touchStart", [(px, py)])
+    for step in range(1, 7):
+        touch("touchMove", [(px + step * 5, py)])
+    touch("touchEnd", [])
+    wait_view(page, lambda v: v != before)
+    page.wait_for_timeout(500)
+    assert set(board_bytes(url, "slop")) == {0, 12}
+
+
+def open_with_socket(browser, errors, url: str, handler, **context_options):
+    """A page whose WebSocket is handed to `handler` (a Playwright WebSocketRoute)."""
+    context = browser.new_context(**({"viewport": DESKTOP} | context_options))
+    page = context.new_page()
+    errors.watch(page)
+    page.route_web_socket("**/ws/canvases/**", handler)
+    page.goto(url)
+    return context, page
+
+
+def test_the_board_is_fetched_without_waiting_for_hello_and_kept_in_step(
+    stack, browser, errors
+):
+    """The snapshot is requested while the socket is still connecting; when the
+    hello names a newer seq than the snapshot's, the page refetches."""
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "early", "--width", "16", "--height", "16")
+    colours = palette(url, "early")
+    sockets = []
+
+    def hold(ws):
+        sockets.append(ws)  # never connected to the server: no hello until sent
+
+    context, page = open_with_socket(
+        browser, errors, f"{url}/c/early/?x=8&y=8&z=20", hold
+    )
+    try:
+        # No hello has been sent (the socket goes nowhere), yet the board comes.
+        page.wait_for_function(
+            "() => performance.getEntriesByName('place:board-decoded').length",
+            timeout=10000,
+        )
+        assert len(sockets) == 1
+        board_requests = []
+        page.on(
+            "request",
+            lambda r: board_requests.append(r) if r.url.endswith("/board") else None,
+        )
+        # A change after that snapshot (seq 1): the hello says so, no frame does.
+        place_live(stack.servers[0], "early", [(3, 4, 5)])
+        hello = {"type": "hello", "seq": 1, "cooldown_seconds": 0}
+        hello |= {"cooldown_remaining": 0, "can_place": False, "user": None}
+        sockets[0].send(json.dumps(hello))
+        wait_live(page)
+        wait_colours(page, {(3, 4): colours[5], (4, 4): PALETTE_WHITE})
+        assert len(board_requests) == 1
+        # The stream goes on from the hello: a repeat is skipped, the next drawn.
+        sockets[0].send(json.dumps({"type": "pixels", "updates": [[1, 3, 4, 9]]}))
+        sockets[0].send(json.dumps({"type": "pixels", "updates": [[2, 6, 6, 7]]}))
+        wait_colours(page, {(3, 4): colours[5], (6, 6): colours[7]})
+    finally:
+        context.close()
+
+
+def test_ban_and_pause_reasons_stay_on_the_cooldown(stack, open_page):
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "why", "--width", "32", "--height", "32")
+    page = open_page(f"{url}/c/why/?x=16&y=16&z=8", timezone_id="America/New_York")
+    cooldown = page.locator('[data-role="cooldown"]')
+    set_ban(stack, page.locator(".who").inner_text(), 2)
+    page.reload()
+    wait_live(page)
+    page.wait_for_function(
+        "el => /banned/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    page.locator('[data-role="message"]').wait_for(state="hidden", timeout=8000)
+    title = cooldown.get_attribute("title")
+    assert "spam" in title and re.search(r"\bE[SD]T\b", title), title
+    description = page.evaluate(
+        "el => el.getAttribute('aria-describedby').split(' ')"
+        ".map(id => document.getElementById(id).textContent).join(' ')",
+        cooldown.element_handle(),
+    )
+    assert "spam" in description and "banned until" in description.lower()
+
+    set_ban(stack, page.locator(".who").inner_text(), -1)
+    set_open(stack, "why", False)
+    page.reload()
+    wait_live(page)
+    page.wait_for_function(
+        "el => /paused/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    page.locator('[data-role="message"]').wait_for(state="hidden", timeout=8000)
+    assert "paused by the moderators" in cooldown.get_attribute("title")
+    set_open(stack, "why", True)
+    page.wait_for_function(
+        "el => /ready/i.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    assert "paused" not in cooldown.get_attribute("title").lower()
+
+
+def test_a_ban_made_and_lifted_live_shows_at_once(stack, browser, errors):
+    """`banned` and `unbanned` frames reach an open page (injected here)."""
+    url = stack.servers[0].url
+    stack.manage("createcanvas", "live-ban", "--width", "32", "--height", "32")
+    sockets = []
+
+    def forward(ws):
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    context, page = open_with_socket(
+        browser, errors, f"{url}/c/live-ban/?x=16&y=16&z=8", forward
+    )
+    try:
+        wait_live(page)
+        cooldown = page.locator('[data-role="cooldown"]')
+        message = page.locator('[data-role="message"]')
+        assert "ready" in cooldown.inner_text().lower()
+        ban = {"type": "banned", "until": "9999-01-01T00:00:00+00:00"}
+        sockets[0].send(json.dumps(ban | {"reason": "griefing"}))
+        page.wait_for_function(
+            "el => el.textContent === 'Banned'", arg=cooldown.element_handle()
+        )
+        assert "for good (griefing)" in message.inner_text()
+        assert "for good" in cooldown.get_attribute("title")
+        sockets[0].send(json.dumps({"type": "unbanned"}))
+        page.wait_for_function(
+            "el => /ready/i.test(el.textContent)", arg=cooldown.element_handle()
+        )
+        assert message.inner_text() == "Your ban has been lifted."
+        assert "griefing" not in cooldown.get_attribute("title")
+    finally:
+        context.close()
+
+
+def test_the_palette_is_one_tab_stop_with_arrow_keys_inside(stack, open_page):
+    url = stack.servers[0].url
+    page = open_page(f"{url}/c/keys/?x=20&y=20&z=8")
+    group = page.locator(".palette")
+    assert group.get_attribute("role") == "radiogroup"
+    focused = "() => document.activeElement.dataset.color ?? document.activeElement"
+    focused += ".dataset.role"
+    page.locator('[data-role="board"]').focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "0"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(focused) == "2"
+    page.keyboard.press("Space")
+    swatch = page.locator('[data-color="2"]')
+    assert swatch.get_attribute("aria-checked") == "true"
+    assert swatch.get_attribute("role") == "radio"
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # wraps round to the last colour
+    assert page.evaluate(focused) == "15"
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "zoom-out"
+    # Back into the palette lands on the chosen colour; one more leaves it.
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused) == "2"
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused) == "board"
+    # Clicking still chooses, and a second click puts the colour down.
+    page.locator('[data-color="7"]').click()
+    assert page.locator('[data-color="7"]').get_attribute("aria-checked") == "true"
+    assert swatch.get_attribute("aria-checked") == "false"
+    page.locator('[data-color="7"]').click()
+    assert page.locator('[data-color="7"]').get_attribute("aria-checked") == "false"

@@ -19,6 +19,7 @@
   const inspectorEl = $('inspector');
   const notifyEl = $('notify');
   const announceEl = $('announce');
+  const whyEl = $('cooldown-why');
   const swatches = Array.from(document.querySelectorAll('[data-color]'));
   const nextLinks = Array.from(document.querySelectorAll('a[href*="next="]'));
   const api = '/api/canvases/' + encodeURIComponent(config.slug) + '/';
@@ -80,14 +81,17 @@
   const MAX_ZOOM = 64;
   let interacting = false; // a drag or pinch is in progress
   function boardRect() { return boardEl.getBoundingClientRect(); }
-  // The whole board, clear of the top bar and the toolbar that float over it.
+  // The whole board, clear of the top bar and the toolbar that float over it;
+  // never past the maximum, so a tiny canvas opens (and resets) at a zoom that
+  // "+" only keeps and the address reproduces.
   function fitZoom() {
     const r = boardRect();
     const top = document.querySelector('.topbar').getBoundingClientRect().height;
     const bottom = r.bottom - document.querySelector('.toolbar').getBoundingClientRect().top;
     const usableH = r.height - 2 * Math.max(top, bottom, 0) - 16;
     const usableW = r.width - 16;
-    return Math.max(0.05, Math.min(usableW / width, Math.max(usableH, r.height / 3) / height));
+    const fit = Math.min(usableW / width, Math.max(usableH, r.height / 3) / height);
+    return Math.min(MAX_ZOOM, Math.max(0.05, fit));
   }
   function minZoom() { return Math.min(1, fitZoom() / 2); }
   function clampCam() {
@@ -119,6 +123,7 @@
   }
   function resetView() {
     cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom();
+    clampCam();
     cameraChanged();
   }
 
@@ -263,6 +268,8 @@
   let loading = false;
   let reloadAfter = false; // a fetch was asked for while one was in flight
   let etag = null;
+  let helloSeq = -1;   // the stream runs from the last hello's seq + 1
+  let hellos = 0;      // hellos received: after the first, a reconnect
 
   async function loadBoard(again) {
     if (loading) {
@@ -308,6 +315,12 @@
     const pending = buffer;
     buffer = [];
     applyUpdates(pending);
+    // A snapshot older than the hello (fetched in parallel with the socket):
+    // the changes between them come in no frame, so fetch it again.
+    if (!loading && appliedSeq < helloSeq) {
+      etag = null;
+      loadBoard();
+    }
   }
 
   function applyUpdates(updates) {
@@ -332,11 +345,14 @@
   // `banned` and `paused` only change what the page shows: clicks still go to
   // the server, which decides (a ban may have ended, a resume crossed a refusal).
   let identified = false; // hello named a player (signed in, or anonymous play)
-  let banned = false;     // a `banned` message or refusal, until `until` or an accept
+  let banned = false;     // a `banned` message or refusal, until `until`, `unbanned` or an accept
   let paused = false;     // a `canvas` message or refusal, until open again or an accept
   let connected = false;  // hello received, socket still open
   let bannedTimer = null;
+  let banWhy = '';        // the ban's end and reason, kept on the cooldown
   let wasWaiting = false;
+  const PAUSED_WHY = 'The canvas is paused by the moderators; you can place again when they reopen it.';
+  const COOLDOWN_TITLE = cooldownEl.title;
   function setCooldown(seconds) {
     cooldownEnds = Date.now() + Math.max(0, seconds) * 1000;
     tickCooldown();
@@ -363,10 +379,20 @@
       document.title = '(' + clock(left) + ') ' + baseTitle;
     }
     wasWaiting = free && left > 0;
+    // The reason outlives its message: a tooltip and an accessible description.
+    const why = !identified || !connected ? '' : banned ? banWhy : paused ? PAUSED_WHY : '';
+    cooldownEl.title = why || COOLDOWN_TITLE;
+    if (whyEl.textContent !== why) whyEl.textContent = why;
   }
   setInterval(tickCooldown, 250);
-  function setBanned(on, until) {
+  // "until 3/4/2026, 5:06:07 PM EST" (the time zone said), or "for good".
+  function banEnd(until) {
+    if (until.getUTCFullYear() >= 9999) return 'for good';
+    return 'until ' + until.toLocaleString(undefined, { timeZoneName: 'short' });
+  }
+  function setBanned(on, until, why) {
     banned = on;
+    banWhy = on ? why || banWhy : '';
     clearTimeout(bannedTimer);
     const ms = on && until ? until.getTime() - Date.now() : -1;
     // The ban ends by itself (setTimeout cannot wait past about 24 days).
@@ -519,9 +545,18 @@
         me = msg.user;
         setBanned(false); paused = false;
         setCooldown(msg.cooldown_remaining);
-        // After a reconnect anything may have been missed: resync from a snapshot.
-        buffer = [];
-        loadBoard();
+        helloSeq = msg.seq;
+        if (hellos++ > 0) {
+          // After a reconnect anything may have been missed: resync from a snapshot.
+          buffer = [];
+          loadBoard();
+        } else if (!loading && appliedSeq < helloSeq) {
+          // The first snapshot, fetched while the socket opened, is older
+          // than the hello (or failed): fetch it again. One still loading is
+          // checked when it arrives.
+          etag = null;
+          loadBoard();
+        }
         break;
       case 'pixels':
         applyUpdates(msg.updates);
@@ -533,7 +568,7 @@
         break;
       case 'rejected':
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
-        if (msg.code === 'banned') setBanned(true);
+        if (msg.code === 'banned' && !banned) setBanned(true, null, msg.message);
         if (msg.code === 'canvas_closed') { paused = true; tickCooldown(); }
         showMessage(rejection(msg));
         break;
@@ -559,12 +594,16 @@
         break;
       case 'banned': {
         const until = new Date(msg.until);
-        setBanned(true, until);
-        showMessage('You are banned from placing pixels ' +
-          (until.getUTCFullYear() >= 9999 ? 'for good' : 'until ' + until.toLocaleString()) +
+        setBanned(true, until, 'Banned ' + banEnd(until) +
+          (msg.reason ? '. Reason: ' + msg.reason + '.' : '.'));
+        showMessage('You are banned from placing pixels ' + banEnd(until) +
           (msg.reason ? ' (' + msg.reason + ').' : '.'));
         break;
       }
+      case 'unbanned':
+        setBanned(false);
+        showMessage('Your ban has been lifted.', 'info');
+        break;
       default:
         break; // unknown types are for newer clients
     }
@@ -622,13 +661,23 @@
     inspectorEl.hidden = true;
   });
 
-  // ---- palette: buttons with colour names; arrow keys move between them ----
+  // ---- palette: a radio group of colour buttons, one tab stop (roving
+  // tabindex); arrow keys, Home and End move between them, Space or Enter
+  // (the buttons' own click) chooses ----
   let selected = null;
+  const paletteEl = $('palette');
+  function chosenSwatch() {
+    return swatches.find(function (b) { return Number(b.dataset.color) === selected; }) || swatches[0];
+  }
+  function tabStop(button) {
+    swatches.forEach(function (b) { b.tabIndex = b === button ? 0 : -1; });
+  }
   function select(index) {
     selected = selected === index ? null : index;
     swatches.forEach(function (b) {
-      b.setAttribute('aria-pressed', String(Number(b.dataset.color) === selected));
+      b.setAttribute('aria-checked', String(Number(b.dataset.color) === selected));
     });
+    tabStop(chosenSwatch());
     selectedEl.textContent = selected === null ? 'No colour: click a pixel to inspect it'
       : 'Colour: ' + (names[selected] || selected);
     needsDraw = true;
@@ -636,11 +685,18 @@
   swatches.forEach(function (b, i) {
     b.addEventListener('click', function () { select(Number(b.dataset.color)); });
     b.addEventListener('keydown', function (e) {
-      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
-      if (!step) return;
+      const last = swatches.length - 1;
+      const to = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: last }[e.key];
+      if (to === undefined) return;
       e.preventDefault();
-      swatches[(i + step + swatches.length) % swatches.length].focus();
+      const next = swatches[(to + swatches.length) % swatches.length];
+      tabStop(next);
+      next.focus();
     });
+  });
+  // Tabbing back into the palette lands on the chosen colour.
+  paletteEl.addEventListener('focusout', function (e) {
+    if (!paletteEl.contains(e.relatedTarget)) tabStop(chosenSwatch());
   });
 
   // ---- pointer input: a click places, a drag pans, two fingers pinch ----
@@ -649,7 +705,10 @@
   let downAt = null;
   let downPixel = null;
   let pinchDistance = 0;
-  const DRAG_THRESHOLD = 6;
+  // How far a press may move and still be a click: a finger or a pen drifts
+  // further than a mouse while tapping.
+  const DRAG_THRESHOLD = { mouse: 6, touch: 12, pen: 12 };
+  let dragThreshold = DRAG_THRESHOLD.mouse;
 
   function pixelAt(sx, sy) {
     const p = screenToCanvas(sx, sy);
@@ -664,6 +723,7 @@
     if (pointers.size === 1) {
       dragged = false;
       downAt = { x: e.clientX, y: e.clientY };
+      dragThreshold = DRAG_THRESHOLD[e.pointerType] || DRAG_THRESHOLD.touch;
       // A click acts where it was pressed, whatever the small slip before release.
       downPixel = pixelAt(e.clientX, e.clientY);
     }
@@ -684,7 +744,7 @@
       pinchDistance = d;
       return;
     }
-    if (!dragged && Math.hypot(e.clientX - downAt.x, e.clientY - downAt.y) > DRAG_THRESHOLD) {
+    if (!dragged && Math.hypot(e.clientX - downAt.x, e.clientY - downAt.y) > dragThreshold) {
       dragged = true;
       boardEl.classList.add('dragging');
     }
@@ -771,11 +831,13 @@
   // ---- start ----
   resizeBoard(width, height);
   sizeView();
-  if (!readUrl()) { cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom(); }
+  if (!readUrl()) { cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom(); clampCam(); }
   writeUrl();
   select(null);
   showAlerts();
   tickCooldown();
   requestAnimationFrame(frame);
+  // The board and the socket at once: updates wait in `buffer` for the snapshot.
+  loadBoard();
   connect();
 })();
