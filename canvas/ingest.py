@@ -139,16 +139,21 @@ def _players_screen(
 def _take_set_based(canvas, batch, candidates, outcomes, now) -> list[int]:
     """Start the cooldown of every candidate whose cooldown has ended: one UPDATE.
 
-    A player twice in the batch wins with the first request only. Rows are
-    touched in player order, so concurrent batches cannot deadlock.
+    A player twice in the batch wins with the first request only, unless the
+    canvas has no cooldown (then every one of them goes in, in order, as if
+    sent a moment apart). Rows are touched in player order, so concurrent
+    batches cannot deadlock.
     """
     first: dict[int, int] = {}
+    again: dict[int, list[int]] = {}  # a player's later requests, cooldown 0
     for i in candidates:
         player_id = batch[i].player_id
-        if player_id in first:
-            outcomes[i] = _cooldown_error(float(canvas.cooldown_seconds))
-        else:
+        if player_id not in first:
             first[player_id] = i
+        elif canvas.cooldown_seconds == 0:
+            again.setdefault(player_id, []).append(i)
+        else:
+            outcomes[i] = _cooldown_error(float(canvas.cooldown_seconds))
     if not first:
         return []
     player_ids = sorted(first)
@@ -157,9 +162,10 @@ def _take_set_based(canvas, batch, candidates, outcomes, now) -> list[int]:
     if losers:
         rows = Cooldown.objects.filter(canvas_id=canvas.pk, player_id__in=losers)
         for player_id, next_at in rows.values_list("player_id", "next_at"):
-            remaining = (next_at - now).total_seconds()
-            outcomes[first[player_id]] = _cooldown_error(remaining)
-    return sorted(first[p] for p in taken)
+            refusal = _cooldown_error((next_at - now).total_seconds())
+            for i in [first[player_id], *again.get(player_id, [])]:
+                outcomes[i] = refusal
+    return sorted(i for p in taken for i in [first[p], *again.get(p, [])])
 
 
 def _cooldowns_take(canvas: Canvas, player_ids: list[int], now: datetime) -> set:

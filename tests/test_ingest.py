@@ -52,6 +52,23 @@ async def test_racing_submissions_by_one_player_admit_exactly_one(canvas):
     assert await adb(Placement.objects.count)() == 1
 
 
+async def test_without_a_cooldown_one_players_requests_in_a_batch_all_go_in(
+    canvas,
+):
+    """Cooldown 0: two tabs of one player placing together are not refused
+    as if there were a cooldown to wait for."""
+    await adb(services.canvas_create_or_update)(slug=canvas.slug, cooldown_seconds=0)
+    (player,) = await adb(players)(1)
+    before = ingest.batcher.batches
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, player, x, 0, 3) for x in range(8)]
+    )
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert ingest.batcher.batches == before + 1
+    assert sorted(r.seq for r in results) == list(range(1, 9))
+    assert await adb(Placement.objects.count)() == 8
+
+
 async def test_a_batch_takes_consecutive_seqs_in_one_transaction(canvas):
     ids = await adb(players)(40)
     before = ingest.batcher.batches
