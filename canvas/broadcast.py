@@ -74,8 +74,13 @@ def publish(*, canvas_id: int, updates: list[Update]) -> None:
         return
     try:
         async_to_sync(_send)(canvas_id, {"type": MSG_PIXELS, "updates": updates})
-    except Exception:  # the hubs refill from the database; the change is saved
-        log.exception("publish failed for canvas %s", canvas_id)
+    except Exception as error:  # the hubs refill from the database; it is saved
+        log.warning(
+            "could not publish to canvas %s's servers (%s); they read the change"
+            " from the database within PLACE_GAP_TIMEOUT",
+            canvas_id,
+            error,
+        )
 
 
 def canvas_changed(*, canvas_id: int) -> None:
@@ -99,8 +104,8 @@ def _send_now_or_later(canvas_id: int, message: dict) -> None:
             asyncio.run_coroutine_threadsafe(_send(canvas_id, message), loop)
         else:
             async_to_sync(_send)(canvas_id, message)
-    except Exception:
-        log.exception("notice failed for canvas %s", canvas_id)
+    except Exception as error:  # settings are polled too; bans apply regardless
+        log.warning("could not notify canvas %s's servers (%s)", canvas_id, error)
 
 
 async def _send(canvas_id: int, message: dict) -> None:

@@ -127,3 +127,34 @@ def test_createcanvas_refuses_what_the_canvas_cannot_hold(args, message):
     with pytest.raises(CommandError, match=message):
         createcanvas(*args)
     assert not Canvas.objects.filter(slug__in=["a" * 51, "long"]).exists()
+
+
+def test_a_command_with_redis_down_does_its_work_and_says_so_in_one_line(tmp_path):
+    """The servers read the change from the database anyway; an operator gets
+    a warning, not a traceback that reads like a failure."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLACE_")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    root = Path(__file__).resolve().parent.parent
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert manage("migrate", "-v0").returncode == 0
+    result = manage("createcanvas", "main", "--cooldown", "0")
+    assert result.returncode == 0
+    assert result.stdout == "updated canvas main: 1000x1000, cooldown 0 s\n"
+    assert "could not notify canvas" in result.stderr
+    assert "Traceback" not in result.stderr
