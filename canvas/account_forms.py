@@ -1,7 +1,15 @@
 """The sign-up form: username and password, a confirmation only if given."""
 
+from django import forms
 from django.contrib.auth.forms import UserCreationForm
 from django.http import QueryDict
+
+from .services import ANONYMOUS_PREFIX
+
+MSG_ANON_USERNAME = (
+    f"Usernames starting with “{ANONYMOUS_PREFIX}” are kept for anonymous"
+    " players; choose another."
+)
 
 
 def _with_confirmation(data: QueryDict) -> QueryDict:
@@ -30,3 +38,11 @@ class SignupForm(UserCreationForm):
         confirmation = self.fields["password2"]
         confirmation.required = False
         confirmation.help_text = "Optional: type it again to catch a typo."
+
+    def clean_username(self) -> str:
+        # An account must never pass for (or share a name with) an anonymous
+        # player: moderators tell players apart by name.
+        username = super().clean_username()
+        if username.lower().startswith(ANONYMOUS_PREFIX):
+            raise forms.ValidationError(MSG_ANON_USERNAME)
+        return username

@@ -32,6 +32,9 @@ PREVIEW_MAX_PIXELS = 1_000_000
 PERM_ROLLBACK = "canvas.rollback_placements"
 PERM_BAN = "canvas.ban_player"
 PERM_CANVAS = "canvas.moderate_canvas"
+# Selections up to this many ids travel in the preview's URL (so it can be
+# shared); longer ones wait in the session, as no URL holds thousands of ids.
+URL_IDS_MAX = 200
 
 
 class CappedPaginator(Paginator):
@@ -272,11 +275,12 @@ class PlacementAdmin(admin.ModelAdmin):
         params = {"canvas": canvas_id}
         player_id = query.get("player__id__exact")
         if player_id is not None:
-            names = Player.objects.filter(pk=player_id if player_id.isdigit() else 0)
-            name = names.values_list("name", flat=True).first()
-            if name is None:
+            # By id: names are not unique, and this list shows one player.
+            valid = player_id.isdigit() and len(player_id) < 19
+            known = valid and Player.objects.filter(pk=player_id)
+            if not known or not known.exists():
                 return None
-            params["players"] = name
+            params["players"] = f"#{player_id}"
         bounds = {
             "x0": query.get("x__gte", query.get("x")),
             "x1": query.get("x__lte", query.get("x")),
@@ -329,9 +333,14 @@ class PlacementAdmin(admin.ModelAdmin):
                 request, "Select placements of one canvas at a time.", messages.ERROR
             )
             return None
-        ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
-        query = urlencode({"canvas": canvases.pop(), "ids": ids})
-        return redirect(reverse("admin:canvas_moderationaction_rollback") + "?" + query)
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        params = {"canvas": canvases.pop()}
+        if len(ids) <= URL_IDS_MAX:
+            params["ids"] = ",".join(str(pk) for pk in ids)
+        else:
+            params["selection"] = forms.selection_store(request.session, ids)
+        url = reverse("admin:canvas_moderationaction_rollback")
+        return redirect(url + "?" + urlencode(params))
 
 
 @admin.register(Player)
@@ -507,10 +516,13 @@ class ModerationActionAdmin(admin.ModelAdmin):
         scope = obj.scope or {}
         parts = []
         if scope.get("player_ids"):
-            names = Player.objects.filter(pk__in=scope["player_ids"]).values_list(
-                "name", flat=True
-            )
-            parts.append("players " + ", ".join(sorted(names)))
+            players = Player.objects.filter(pk__in=scope["player_ids"])
+            shared = mod_selectors.names_shared(names=[p.name for p in players])
+            # A name another player also has gets its id, to tell them apart.
+            labels = [
+                f"{p.name} (#{p.pk})" if p.name in shared else p.name for p in players
+            ]
+            parts.append("players " + ", ".join(sorted(labels)))
         if scope.get("placement_ids"):
             parts.append(f"{len(scope['placement_ids'])} chosen placements")
         if scope.get("region"):
@@ -551,8 +563,8 @@ class ModerationActionAdmin(admin.ModelAdmin):
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
         """Preview a rollback (counts, before and after) and apply it with a reason."""
         _require(request, PERM_ROLLBACK)
-        scope_form = forms.ScopeForm(request.GET)
-        reason_form = forms.ReasonForm(request.POST or None)
+        scope_form = forms.ScopeForm(request.GET, session=request.session)
+        reason_form = forms.ApplyForm(request.POST or None)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -564,6 +576,12 @@ class ModerationActionAdmin(admin.ModelAdmin):
             return TemplateResponse(request, "admin/canvas/rollback.html", context)
         canvas = scope_form.cleaned_data["canvas"]
         scope = scope_form.scope()
+        # Pinned to the preview the moderator approved (its hidden upto_seq),
+        # also when the page comes back for a missing reason.
+        upto_seq = None
+        if reason_form.is_bound:
+            reason_form.is_valid()  # cleans every field, valid or not
+            upto_seq = reason_form.cleaned_data.get("upto_seq")
         try:
             if request.method == "POST" and reason_form.is_valid():
                 action = moderation.placements_rollback(
@@ -571,6 +589,7 @@ class ModerationActionAdmin(admin.ModelAdmin):
                     scope=scope,
                     reason=reason_form.cleaned_data["reason"],
                     moderator_id=request.user.pk,
+                    upto_seq=upto_seq,
                 )
                 if action.pk is None:
                     raise moderation.ModerationError(moderation.MSG_NOTHING_LEFT)
@@ -581,10 +600,16 @@ class ModerationActionAdmin(admin.ModelAdmin):
                 _log(self, request, action, message)
                 self.message_user(request, message)
                 return redirect("admin:canvas_moderationaction_change", action.pk)
-            preview = moderation.rollback_preview(canvas=canvas, scope=scope)
+            preview = moderation.rollback_preview(
+                canvas=canvas, scope=scope, upto_seq=upto_seq
+            )
         except moderation.ModerationError as error:
             scope_form.add_error(None, str(error))
             return TemplateResponse(request, "admin/canvas/rollback.html", context)
+        if not reason_form.is_bound:
+            context["reason_form"] = forms.ApplyForm(
+                initial={"upto_seq": preview.upto_seq}
+            )
         context.update(canvas=canvas, preview=preview, **_pictures(canvas, preview))
         return TemplateResponse(request, "admin/canvas/rollback.html", context)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -60,6 +60,7 @@ MSG_NOTHING_LEFT = (
 )
 MSG_EMPTY_SCOPE = "Choose placements, players, a time window or a region."
 MSG_BAD_REGION = "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1."
+MSG_BAD_WINDOW = "“since” is later than “until”: that window holds no placement."
 MSG_NOT_ROLLBACK = "Only a rollback can be undone."
 MSG_ALREADY_UNDONE = "That rollback has already been undone."
 MSG_REASON_REQUIRED = "Give a reason; it is kept with the action."
@@ -136,11 +137,17 @@ class RollbackPreview:
     # (x0, y0, x1, y1) around the changed pixels, or around the placements in
     # scope when no pixel would change; None when nothing is in scope.
     bounds: tuple[int, int, int, int] | None = None
+    # The newest seq the preview covered: applying with it rolls back exactly
+    # what the preview showed, never placements made after it.
+    upto_seq: int = 0
 
 
 def _scope_check(*, canvas: Canvas, scope: Scope) -> None:
     if scope.is_empty():
         raise ModerationError(MSG_EMPTY_SCOPE)
+    # Refused rather than run: an empty window is a typo, not a request.
+    if scope.since and scope.until and scope.since > scope.until:
+        raise ModerationError(MSG_BAD_WINDOW)
     if scope.region:
         region_check(canvas=canvas, region=scope.region)
 
@@ -426,10 +433,16 @@ def _bounds(points: list[tuple[int, int]]) -> tuple[int, int, int, int]:
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def rollback_preview(*, canvas: Canvas, scope: Scope) -> RollbackPreview:
-    """What placements_rollback would do with this scope now; writes nothing."""
+def rollback_preview(
+    *, canvas: Canvas, scope: Scope, upto_seq: int | None = None
+) -> RollbackPreview:
+    """What placements_rollback would do with this scope now; writes nothing.
+
+    Only placements up to `upto_seq` (default: the canvas's seq) are in scope.
+    """
     _scope_check(canvas=canvas, scope=scope)
-    in_scope = scope.q(canvas_id=canvas.pk, upto_seq=canvas.seq)
+    upto_seq = _upto(canvas=canvas, upto_seq=upto_seq)
+    in_scope = scope.q(canvas_id=canvas.pk, upto_seq=upto_seq)
     pending = Placement.objects.filter(in_scope, rolled_back=False)
     count = pending.count()
     planned = _plan(
@@ -450,8 +463,17 @@ def rollback_preview(*, canvas: Canvas, scope: Scope) -> RollbackPreview:
     if changes:
         bounds = _bounds([(x, y) for x, y, _ in changes])
     return RollbackPreview(
-        placements=count, pixels=len(changes), changes=changes, bounds=bounds
+        placements=count,
+        pixels=len(changes),
+        changes=changes,
+        bounds=bounds,
+        upto_seq=upto_seq,
     )
+
+
+def _upto(*, canvas: Canvas, upto_seq: int | None) -> int:
+    """The newest seq a rollback covers: the one asked for, never past the canvas's."""
+    return canvas.seq if upto_seq is None else max(0, min(upto_seq, canvas.seq))
 
 
 def until_lookup(until: datetime) -> tuple[str, datetime]:
@@ -475,9 +497,12 @@ def placements_rollback(
     reason: str,
     moderator_id: int | None = None,
     player_id: int | None = None,
+    upto_seq: int | None = None,
 ) -> ModerationAction:
     """Roll back the placements in scope; record and return the action.
 
+    Only placements up to `upto_seq` are in scope (a preview's, so what it
+    showed is what is applied), and never any made after this call starts.
     Counts: placements newly marked rolled back, and pixels whose colour changed.
     With nothing left to mark, nothing is recorded and the action returned is
     unsaved (pk None, counts 0): a rollback that marked nothing would still
@@ -488,7 +513,7 @@ def placements_rollback(
     canvas = Canvas.objects.get(pk=canvas_id)
     _scope_check(canvas=canvas, scope=scope)
     # Placements made after this point are not in scope, however long this takes.
-    upto_seq = canvas.seq
+    upto_seq = _upto(canvas=canvas, upto_seq=upto_seq)
     in_scope = scope.q(canvas_id=canvas_id, upto_seq=upto_seq)
     pending = Placement.objects.filter(in_scope, rolled_back=False)
     action = ModerationAction(
@@ -499,22 +524,34 @@ def placements_rollback(
         reason=reason,
         scope={**scope.to_json(), "upto_seq": upto_seq},
     )
-    if not pending.exists():
-        return action
-    action.save()
     for ids in _batches(pending=pending):
         _rollback_batch(action=action, ids=ids)
-    action.refresh_from_db()
+    if action.pk is not None:
+        action.refresh_from_db()
     return action
 
 
 def _rollback_batch(*, action: ModerationAction, ids: list[int]) -> None:
+    """Mark and repaint one batch; the action row is saved with its first marks.
+
+    `pending` was read before any lock, so a concurrent rollback of the same
+    scope (a form sent twice) may have marked these placements since. The row
+    is written under the moderation lock, in the transaction that marks, and
+    only if that marks something: such a twin records nothing at all.
+    """
     with transaction.atomic():
         _moderation_lock(action.canvas_id)
+        created = action.pk is None
+        if created:
+            action.save()
         # Only those not rolled back yet: another rollback may have marked some.
         marked, pixels = _placements_flag(
             ids=ids, rolled_back=True, by=action.pk, only_by=None
         )
+        if created and not marked:
+            transaction.set_rollback(True)  # unsave the row: nothing was marked
+            action.pk = None
+            return
         updates = _repaint(
             canvas_id=action.canvas_id, pixels=pixels, now=timezone.now()
         )
@@ -563,31 +600,40 @@ def rollback_undo(
     return undo
 
 
-def still_covered(*, action: ModerationAction) -> dict[int, int]:
-    """Placements of `action`'s scope that other rollbacks still hold, by rollback.
+def _rollbacks_holding(*, canvas_id: int) -> QuerySet:
+    """Rollbacks in force that marked something, oldest first.
 
-    What an undo could not restore, and which rollback to undo for it.
+    One that marked nothing is no longer recorded (placements_rollback), and
+    any left from before must not take over placements another one releases.
     """
-    rows = (
-        Placement.objects.filter(_rollback_q(action), rolled_back=True)
-        .exclude(rolled_back_by=action)
-        .exclude(rolled_back_by__isnull=True)
-        .values_list("rolled_back_by")
-        .annotate(count=Count("pk"))
-    )
-    return dict(rows)
+    return ModerationAction.objects.filter(
+        canvas_id=canvas_id,
+        kind=ModerationAction.KIND_ROLLBACK,
+        undone_at__isnull=True,
+        placements_count__gt=0,
+    ).order_by("pk")
+
+
+def still_covered(*, action: ModerationAction) -> dict[int, int]:
+    """Placements of `action`'s scope that rollbacks in force still cover, by rollback.
+
+    What an undo could not restore, and every rollback that must be undone for
+    it: a placement shows again only once none of them covers it.
+    """
+    held = Placement.objects.filter(_rollback_q(action), rolled_back=True)
+    covered = {}
+    for other in _rollbacks_holding(canvas_id=action.canvas_id).exclude(pk=action.pk):
+        count = held.filter(_rollback_q(other)).count()
+        if count:
+            covered[other.pk] = count
+    return covered
 
 
 def _undo_batch(*, action: ModerationAction, undo: ModerationAction, ids: list) -> None:
     with transaction.atomic():
         _moderation_lock(action.canvas_id)
         owned = Placement.objects.filter(pk__in=ids, rolled_back_by=action)
-        others = ModerationAction.objects.filter(
-            canvas_id=action.canvas_id,
-            kind=ModerationAction.KIND_ROLLBACK,
-            undone_at__isnull=True,
-        ).order_by("pk")
-        for other in others:
+        for other in _rollbacks_holding(canvas_id=action.canvas_id):
             owned.filter(_rollback_q(other)).update(rolled_back_by=other)
         released, pixels = _placements_flag(
             ids=ids, rolled_back=False, by=None, only_by=action.pk

@@ -1,5 +1,6 @@
 """Forms for the moderation pages in admin; they parse input, services decide."""
 
+import secrets
 from datetime import UTC, timedelta
 
 from django import forms
@@ -7,7 +8,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from . import services
-from .models import Canvas, Player
+from .models import Canvas
 from .moderation import (
     MAX_HOURS,
     MAX_HOURS_DELTA,
@@ -16,15 +17,44 @@ from .moderation import (
     region_check,
     until_lookup,
 )
+from .moderation_selectors import PlayerLookupError, players_resolve
 
 # Placement ids are PostgreSQL bigints; anything larger cannot name one.
 MAX_ID = 2**63 - 1
 
 REASON_HELP = "Kept with the action and shown in the moderation log."
+# Selections too long for a URL (thousands of ids) wait in the session; the
+# newest few are kept, so several previews may be open at once.
+SELECTIONS_KEY = "canvas_rollback_selections"
+SELECTIONS_KEPT = 5
+MSG_SELECTION_GONE = (
+    "That selection is no longer available; select the placements again."
+)
+MSG_REGION_PARTIAL = "Give all four region bounds, or none."
+REGION_FIELDS = ("x0", "y0", "x1", "y1")
 
 
 class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=500, help_text=REASON_HELP)
+
+
+class ApplyForm(ReasonForm):
+    """The reason, and the newest seq the preview covered: apply exactly that.
+
+    A post without it (a page from before it existed) is applied up to now.
+    """
+
+    upto_seq = forms.IntegerField(
+        required=False, min_value=0, max_value=MAX_ID, widget=forms.HiddenInput
+    )
+
+
+def selection_store(session, ids: list[int]) -> str:
+    """Keep a selection of placement ids in the session; return its token."""
+    kept = list(session.get(SELECTIONS_KEY, {}).items())[-(SELECTIONS_KEPT - 1) :]
+    token = secrets.token_urlsafe(9)
+    session[SELECTIONS_KEY] = {**dict(kept), token: ids}
+    return token
 
 
 class ScopeForm(forms.Form):
@@ -33,14 +63,30 @@ class ScopeForm(forms.Form):
     canvas = forms.ModelChoiceField(queryset=Canvas.objects.all())
     ids = forms.CharField(required=False, help_text="placement ids, comma-separated")
     players = forms.CharField(
-        required=False, help_text="player names, separated by spaces or commas"
+        required=False,
+        help_text="player names or #ids, separated by spaces or commas",
     )
+    # A selection kept in the session (selection_store), for thousands of ids.
+    selection = forms.CharField(required=False, widget=forms.HiddenInput)
     since = forms.DateTimeField(required=False, help_text="inclusive, UTC")
     until = forms.DateTimeField(required=False, help_text="inclusive, UTC")
     x0 = forms.IntegerField(required=False, min_value=0)
     y0 = forms.IntegerField(required=False, min_value=0)
     x1 = forms.IntegerField(required=False, min_value=0)
     y1 = forms.IntegerField(required=False, min_value=0)
+
+    def __init__(self, *args, session=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.session = session if session is not None else {}
+
+    def clean_selection(self) -> tuple[int, ...]:
+        token = self.cleaned_data["selection"]
+        if not token:
+            return ()
+        ids = self.session.get(SELECTIONS_KEY, {}).get(token)
+        if ids is None:
+            raise forms.ValidationError(MSG_SELECTION_GONE)
+        return tuple(ids)
 
     def clean_ids(self) -> tuple[int, ...]:
         raw = self.cleaned_data["ids"].replace(",", " ").split()
@@ -59,25 +105,29 @@ class ScopeForm(forms.Form):
         return _utc(self.cleaned_data["until"])
 
     def clean_players(self) -> tuple[int, ...]:
-        names = set(self.cleaned_data["players"].replace(",", " ").split())
-        found = dict(Player.objects.filter(name__in=names).values_list("pk", "name"))
-        missing = sorted(names - set(found.values()))
-        if missing:
-            raise forms.ValidationError(f"No player named {', '.join(missing)}.")
-        return tuple(sorted(found))
+        tokens = self.cleaned_data["players"].replace(",", " ").split()
+        try:
+            return players_resolve(tokens=tokens)
+        except PlayerLookupError as error:
+            raise forms.ValidationError(str(error)) from None
 
     def clean(self) -> dict:
         data = super().clean()
-        corners = [data.get(name) for name in ("x0", "y0", "x1", "y1")]
-        if any(c is not None for c in corners) and None in corners:
-            raise forms.ValidationError("Give all four region bounds, or none.")
+        # A bound that was given but refused has its own error already.
+        given = [
+            name
+            for name in REGION_FIELDS
+            if data.get(name) is not None or self.has_error(name)
+        ]
+        if given and len(given) < len(REGION_FIELDS):
+            raise forms.ValidationError(MSG_REGION_PARTIAL)
         return data
 
     def scope(self) -> Scope:
         data = self.cleaned_data
-        corners = tuple(data.get(name) for name in ("x0", "y0", "x1", "y1"))
+        corners = tuple(data.get(name) for name in REGION_FIELDS)
         return Scope(
-            placement_ids=data["ids"],
+            placement_ids=tuple(sorted({*data["ids"], *data["selection"]})),
             player_ids=data["players"],
             since=data.get("since"),
             until=data.get("until"),

@@ -12,6 +12,66 @@ from .selectors import palette_rgb
 
 Region = tuple[int, int, int, int]  # (x0, y0, x1, y1), bounds inclusive
 
+MSG_NO_PLAYER = "no player named {names}"
+MSG_NO_PLAYER_ID = "no player #{ids}"
+MSG_AMBIGUOUS_NAME = (
+    "{name!r} is the name of several players: {players}; give the one you mean"
+    " as #id (or each of them)"
+)
+
+
+class PlayerLookupError(ValueError):
+    """Names or ids that do not pick out players, with a message to show."""
+
+
+def _player_label(player: Player) -> str:
+    kind = "account" if player.user_id else "anonymous"
+    return f"#{player.pk} ({kind})"
+
+
+def names_shared(*, names: list[str]) -> set[str]:
+    """Those of `names` that more than one player has."""
+    rows = (
+        Player.objects.filter(name__in=names)
+        .values("name")
+        .annotate(players=Count("pk"))
+        .filter(players__gt=1)
+    )
+    return {row["name"] for row in rows}
+
+
+def players_resolve(*, tokens: list[str]) -> tuple[int, ...]:
+    """Player ids for names and "#id" tokens, as a moderator types them.
+
+    Names are not unique (an account may share an anonymous player's name), so
+    a name that several players have is refused, listing them: rolling back an
+    innocent namesake is worse than asking. No name holds "#" (usernames and
+    generated names never do), so "#12" can only mean player 12.
+    """
+    ids = {t[1:] for t in tokens if t.startswith("#")}
+    names = {t for t in tokens if not t.startswith("#")}
+    if not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
+        raise PlayerLookupError(MSG_NO_PLAYER_ID.format(ids=", #".join(sorted(ids))))
+    wanted = {int(i) for i in ids}
+    found = set(Player.objects.filter(pk__in=wanted).values_list("pk", flat=True))
+    if wanted - found:
+        missing = ", #".join(str(i) for i in sorted(wanted - found))
+        raise PlayerLookupError(MSG_NO_PLAYER_ID.format(ids=missing))
+    by_name: dict[str, list[Player]] = {}
+    for player in Player.objects.filter(name__in=names).order_by("pk"):
+        by_name.setdefault(player.name, []).append(player)
+    if names - by_name.keys():
+        missing = ", ".join(sorted(names - by_name.keys()))
+        raise PlayerLookupError(MSG_NO_PLAYER.format(names=missing))
+    for name, namesakes in sorted(by_name.items()):
+        if len(namesakes) > 1:
+            labels = ", ".join(_player_label(p) for p in namesakes)
+            raise PlayerLookupError(
+                MSG_AMBIGUOUS_NAME.format(name=name, players=labels)
+            )
+        found.add(namesakes[0].pk)
+    return tuple(sorted(found))
+
 
 @dataclass(frozen=True)
 class PlayerSummary:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection, transaction
 from django.db.models import F
@@ -249,8 +250,29 @@ def placements_insert(
         )
 
 
-def anonymous_name(session_key: str) -> str:
-    return "anon-" + hashlib.sha256(session_key.encode()).hexdigest()[:6]
+ANONYMOUS_PREFIX = "anon-"
+# Attempts at a free generated name before settling for a taken one (with six
+# hex digits, even a million players leave most names free).
+ANONYMOUS_NAME_TRIES = 20
+
+
+def anonymous_name(session_key: str, attempt: int = 0) -> str:
+    salt = f":{attempt}" if attempt else ""
+    digest = hashlib.sha256((session_key + salt).encode()).hexdigest()
+    return ANONYMOUS_PREFIX + digest[:6]
+
+
+def _anonymous_name_free(session_key: str) -> str:
+    """A generated name no player or account has: moderators pick players by name."""
+    User = get_user_model()
+    for attempt in range(ANONYMOUS_NAME_TRIES):
+        name = anonymous_name(session_key, attempt)
+        taken = Player.objects.filter(name=name).exists() or (
+            User.objects.filter(username__iexact=name).exists()
+        )
+        if not taken:
+            return name
+    return name
 
 
 def player_for_user(*, user) -> Player:
@@ -267,7 +289,7 @@ def player_for_session(*, session_key: str) -> Player:
     player = Player.objects.filter(session_key=session_key).first()
     if player is None:
         Player.objects.bulk_create(
-            [Player(session_key=session_key, name=anonymous_name(session_key))],
+            [Player(session_key=session_key, name=_anonymous_name_free(session_key))],
             ignore_conflicts=True,
         )
         player = Player.objects.get(session_key=session_key)

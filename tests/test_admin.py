@@ -457,3 +457,244 @@ def test_the_history_offers_to_roll_back_exactly_what_it_shows(
     # Bounds past the canvas's edge list nothing, so offer nothing.
     beyond = {"canvas__id__exact": canvas.pk, "x__gte": 100}
     assert client.get(history, beyond).context["rollback_url"] is None
+
+
+def apply_form(page) -> dict:
+    """The apply form's hidden fields as the preview page rendered them."""
+    form = page.context["reason_form"]
+    return {name: form[name].value() for name in form.fields if name != "reason"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_apply_form_sent_three_times_at_once_records_one_undoable_rollback(
+    moderator, griefed, monkeypatch
+):
+    """Three concurrent POSTs of one preview's form, each on its own database
+    connection: one rollback is recorded, the others say nothing was left, and
+    undoing the one restores alice's pixels."""
+    import threading
+
+    from django.db import connections
+    from django.test import Client
+
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    url += f"?canvas={canvas.pk}&players=alice"
+    clients = [Client() for _ in range(3)]
+    for client in clients:
+        client.force_login(moderator)
+    form = {"reason": "raid", **apply_form(clients[0].get(url))}
+    # Every request has read what is pending before any of them marks it.
+    together = threading.Barrier(3, timeout=20)
+    batches = moderation._batches
+
+    def batches_together(**kwargs):
+        found = batches(**kwargs)
+        together.wait()
+        return found
+
+    monkeypatch.setattr(moderation, "_batches", batches_together)
+    responses = [None] * 3
+
+    def send(index: int) -> None:
+        try:
+            responses[index] = clients[index].post(url, form)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(r.status_code for r in responses) == [200, 200, 302]
+    for refused in [r for r in responses if r.status_code == 200]:
+        assert moderation.MSG_NOTHING_LEFT in refused.content.decode()
+    (action,) = ModerationAction.objects.filter(kind=ModerationAction.KIND_ROLLBACK)
+    assert (action.placements_count, action.pixels_count) == (2, 2)
+
+    monkeypatch.undo()  # undo runs in batches too, alone
+    undo = reverse("admin:canvas_moderationaction_undo", args=[action.pk])
+    page = clients[0].post(undo, {"reason": "wrong"}, follow=True).content.decode()
+    assert "2 placements restored, 2 pixels changed" in page
+    assert "still rolled back" not in page
+    canvas.refresh_from_db()
+    board = selectors.board_assemble(canvas)
+    assert (board[canvas.width + 1], board[canvas.width + 2]) == (5, 5)
+
+
+@pytest.fixture
+def namesakes(make_canvas):
+    """An anonymous player and an account that (before sign-up refused it) took
+    the same name each paint a pixel."""
+    canvas = make_canvas(cooldown=0)
+    anonymous = Player.objects.create(name="anon-88605a", session_key="s" * 32)
+    user = get_user_model().objects.create_user(username="anon-88605a")
+    account = services.player_for_user(user=user)
+    for player, x in [(anonymous, 1), (account, 2)]:
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=player.pk, x=x, y=0, color=5
+        )
+    return canvas, anonymous, account
+
+
+def test_rolling_back_a_players_history_spares_a_namesake(moderator, client, namesakes):
+    canvas, anonymous, account = namesakes
+    history = reverse("admin:canvas_placement_changelist")
+    listed = client.get(
+        history, {"canvas__id__exact": canvas.pk, "player__id__exact": anonymous.pk}
+    )
+    preview = client.get(listed.context["rollback_url"])
+    assert preview.context["preview"].placements == 1
+    response = client.post(
+        listed.context["rollback_url"], {"reason": "grief", **apply_form(preview)}
+    )
+    assert response.status_code == 302
+    rolled_back = Placement.objects.filter(rolled_back=True)
+    assert [p.player_id for p in rolled_back] == [anonymous.pk]
+    audit = client.get(response.url).content.decode()
+    assert f"players anon-88605a (#{anonymous.pk})" in audit
+
+
+def test_a_typed_name_two_players_share_is_refused_listing_them(
+    moderator, client, namesakes
+):
+    canvas, anonymous, account = namesakes
+    url = reverse("admin:canvas_moderationaction_rollback")
+    page = client.get(url, {"canvas": canvas.pk, "players": "anon-88605a"})
+    text = page.content.decode()
+    assert "is the name of several players" in text
+    assert f"#{anonymous.pk} (anonymous), #{account.pk} (account)" in text
+    assert page.context.get("preview") is None
+    page = client.get(url, {"canvas": canvas.pk, "players": f"#{account.pk}"})
+    assert page.context["preview"].placements == 1
+
+
+def test_apply_rolls_back_only_what_the_preview_showed(moderator, client, make_canvas):
+    """Preview a rectangle since an instant; another player then paints inside
+    it; applying that preview leaves the new work alone."""
+    from django.utils import timezone
+
+    canvas = make_canvas(cooldown=0)
+    mallory = Player.objects.create(name="mallory")
+    painter = Player.objects.create(name="painter")
+    since = timezone.now().isoformat()
+    for i in range(16):
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=mallory.pk, x=i % 4, y=i // 4, color=3
+        )
+    url = reverse("admin:canvas_moderationaction_rollback")
+    scope = {"canvas": canvas.pk, "x0": 0, "y0": 0, "x1": 7, "y1": 7, "since": since}
+    query = url + "?" + "&".join(f"{k}={v}" for k, v in scope.items())
+    query = query.replace("+", "%2B")
+    preview = client.get(query)
+    assert preview.context["preview"].placements == 16
+    for i in range(64):
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=painter.pk, x=i % 8, y=i // 8, color=9
+        )
+    response = client.post(query, {"reason": "grief", **apply_form(preview)})
+    assert response.status_code == 302
+    action = ModerationAction.objects.get()
+    assert action.placements_count == 16
+    assert not Placement.objects.filter(player=painter, rolled_back=True).exists()
+    canvas.refresh_from_db()
+    board = selectors.board_assemble(canvas)
+    assert all(board[y * canvas.width + x] == 9 for x in range(8) for y in range(8))
+
+
+def test_selecting_thousands_of_placements_previews_and_rolls_them_back(
+    moderator, client, make_canvas
+):
+    """ "Select all" over 3,000 placements: the preview opens with all of them
+    (no id list in the address) and applying rolls all of them back."""
+    from django.db import transaction
+
+    canvas = make_canvas(width=64, height=64, cooldown=0)
+    mallory = Player.objects.create(name="mallory")
+    with transaction.atomic():
+        for i in range(3000):
+            services.placement_create(
+                canvas_id=canvas.pk, player_id=mallory.pk, x=i % 64, y=i // 64, color=3
+            )
+    history = reverse("admin:canvas_placement_changelist")
+    response = client.post(
+        f"{history}?canvas__id__exact={canvas.pk}",
+        {
+            "action": "rollback_selected",
+            "select_across": "1",
+            "index": "0",
+            "_selected_action": [Placement.objects.first().pk],
+        },
+    )
+    assert response.status_code == 302
+    assert len(response.url) < 200
+    preview = client.get(response.url)
+    assert (
+        preview.context["preview"].placements,
+        preview.context["preview"].pixels,
+    ) == (
+        3000,
+        3000,
+    )
+    applied = client.post(
+        response.url, {"reason": "raid", **apply_form(preview)}, follow=True
+    )
+    assert (
+        "3000 placements rolled back, 3000 pixels changed" in applied.content.decode()
+    )
+    assert Placement.objects.filter(rolled_back=True).count() == 3000
+
+
+def test_an_undo_names_every_rollback_that_still_covers_its_placements(
+    moderator, client, griefed
+):
+    canvas, alice, _ = griefed
+    carol = Player.objects.create(name="carol")
+    services.placement_create(
+        canvas_id=canvas.pk, player_id=carol.pk, x=3, y=1, color=7
+    )
+    alice_at_1_1 = Placement.objects.get(player=alice, x=1).pk
+    carols = Placement.objects.get(player=carol).pk
+    url = reverse("admin:canvas_moderationaction_rollback")
+    client.post(url + f"?canvas={canvas.pk}&players=alice", {"reason": "one"})
+    client.post(url + f"?canvas={canvas.pk}&x0=0&y0=0&x1=1&y1=2", {"reason": "two"})
+    client.post(
+        url + f"?canvas={canvas.pk}&ids={alice_at_1_1},{carols}", {"reason": "3"}
+    )
+    first, second, third = ModerationAction.objects.order_by("pk")
+    undo = reverse("admin:canvas_moderationaction_undo", args=[first.pk])
+    page = client.post(undo, {"reason": "oops"}, follow=True).content.decode()
+    assert (
+        f"still rolled back by rollback #{second.pk} (1 placements),"
+        f" rollback #{third.pk} (1 placements)" in page
+    )
+
+
+def test_since_after_until_is_refused(moderator, client, griefed):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    page = client.get(
+        url,
+        {"canvas": canvas.pk, "since": "2030-01-02 00:00", "until": "2030-01-01 00:00"},
+    )
+    assert moderation.MSG_BAD_WINDOW in page.content.decode()
+    assert page.context.get("preview") is None
+    response = client.post(
+        url + f"?canvas={canvas.pk}&since=2030-01-02&until=2030-01-01", {"reason": "x"}
+    )
+    assert moderation.MSG_BAD_WINDOW in response.content.decode()
+    assert not ModerationAction.objects.exists()
+
+
+def test_a_bound_out_of_range_shows_only_its_own_error(moderator, client, griefed):
+    from canvas.moderation_forms import MSG_REGION_PARTIAL
+
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    page = client.get(url, {"canvas": canvas.pk, "x0": -5, "y0": 0, "x1": 3, "y1": 2})
+    text = page.content.decode()
+    assert "greater than or equal to 0" in text
+    assert MSG_REGION_PARTIAL not in text
+    partial = client.get(url, {"canvas": canvas.pk, "x0": 1})
+    assert MSG_REGION_PARTIAL in partial.content.decode()

@@ -158,3 +158,28 @@ def test_a_command_with_redis_down_does_its_work_and_says_so_in_one_line(tmp_pat
     assert result.stdout == "updated canvas main: 1000x1000, cooldown 0 s\n"
     assert "could not notify canvas" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_name_two_players_share_is_refused_listing_them(griefed):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(username="anon-88605a")
+    account = Player.objects.create(name="anon-88605a", user=user)
+    anonymous = Player.objects.create(name="anon-88605a", session_key="s" * 32)
+    services.placement_create(
+        canvas_id=griefed.pk, player_id=anonymous.pk, x=3, y=0, color=5
+    )
+    with pytest.raises(CommandError) as error:
+        rollback("main2", "--user", "anon-88605a")
+    assert f"#{account.pk} (account), #{anonymous.pk} (anonymous)" in str(error.value)
+    assert not ModerationAction.objects.exists()
+    out = rollback("main2", "--user", f"#{anonymous.pk}")
+    assert out == "1 placements rolled back, 1 pixels changed\n"
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_since_later_than_until_is_an_error(griefed, dry_run):
+    window = ["--since", "2030-01-02T00:00Z", "--until", "2030-01-01T00:00Z"]
+    with pytest.raises(CommandError, match="later than"):
+        rollback("main2", *window, *dry_run)
+    assert not ModerationAction.objects.exists()

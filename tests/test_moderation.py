@@ -601,3 +601,69 @@ def test_absurd_values_are_refused_before_anything_is_written(make_canvas, playe
         )
     alice.refresh_from_db()
     assert not alice.is_banned() and not ModerationAction.objects.exists()
+
+
+def test_since_later_than_until_is_refused(make_canvas, run):
+    canvas = make_canvas()
+    now = timezone.now()
+    scope = Scope(since=now, until=now - timedelta(seconds=1))
+    with pytest.raises(moderation.ModerationError) as error:
+        rollback(run, canvas, scope)
+    assert str(error.value) == moderation.MSG_BAD_WINDOW
+    with pytest.raises(moderation.ModerationError):
+        moderation.rollback_preview(canvas=canvas, scope=scope)
+    assert not ModerationAction.objects.exists()
+
+
+def test_a_pinned_rollback_leaves_later_placements_alone(make_canvas, players, run):
+    canvas = make_canvas(cooldown=0)
+    alice, bob, _ = players
+    place(run, canvas, alice, 1, 1, 5)
+    canvas.refresh_from_db()
+    scope = Scope(region=(0, 0, 3, 3))
+    preview = moderation.rollback_preview(canvas=canvas, scope=scope)
+    place(run, canvas, bob, 2, 2, 9)
+    action = run(
+        moderation.placements_rollback,
+        canvas_id=canvas.pk,
+        scope=scope,
+        reason="grief",
+        upto_seq=preview.upto_seq,
+    )
+    assert (action.placements_count, action.pixels_count) == (1, 1)
+    assert [pixel(canvas, 1, 1), pixel(canvas, 2, 2)] == [0, 9]
+
+
+def test_still_covered_names_every_rollback_in_force(make_canvas, players, run):
+    canvas = make_canvas(cooldown=0)
+    alice, bob, _ = players
+    mine = place(run, canvas, alice, 1, 1, 5)
+    first = rollback(run, canvas, Scope(player_ids=(alice.pk,)))
+    place(run, canvas, bob, 2, 2, 7)
+    second = rollback(run, canvas, Scope(region=(0, 0, 3, 3)))
+    place(run, canvas, bob, 3, 3, 7)
+    last = place(run, canvas, bob, 4, 4, 7)
+    third = rollback(run, canvas, Scope(placement_ids=(mine.pk, last.pk)))
+    undo(run, first)
+    assert moderation.still_covered(action=first) == {second.pk: 1, third.pk: 1}
+
+
+def test_an_empty_rollback_left_from_before_does_not_hold_placements(
+    make_canvas, players, run
+):
+    """Rows recorded before empty rollbacks were refused must not keep an
+    undo from restoring."""
+    canvas = make_canvas(cooldown=0)
+    alice = players[0]
+    place(run, canvas, alice, 1, 1, 5)
+    real = rollback(run, canvas, Scope(player_ids=(alice.pk,)))
+    ModerationAction.objects.create(
+        kind=ModerationAction.KIND_ROLLBACK,
+        canvas=canvas,
+        reason="twin",
+        scope={**real.scope},
+    )
+    restored = undo(run, real)
+    assert restored.placements_count == 1
+    assert pixel(canvas, 1, 1) == 5
+    assert moderation.still_covered(action=real) == {}

@@ -225,3 +225,20 @@ def test_heartbeat_refreshes_more_sockets_than_one_statement_binds(make_canvas):
     Connection.objects.update(last_seen=timezone.now() - timedelta(seconds=60))
     services.connections_heartbeat(server="host:1", channel_names=names)
     assert services.connections_sweep(stale_seconds=40) == 0
+
+
+def test_a_generated_name_already_taken_is_generated_again(db, settings):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import AnonymousUser
+
+    from .conftest import session_key_create
+
+    settings.PLACE_REQUIRE_LOGIN = False
+    key = session_key_create(seen=True)
+    taken = services.anonymous_name(key)
+    get_user_model().objects.create_user(username=taken)
+    Player.objects.create(name=services.anonymous_name(key, 1))
+    player = services.player_identify(user=AnonymousUser(), session_key=key)
+    assert player.name.startswith("anon-") and len(player.name) == 11
+    assert player.name not in {taken, services.anonymous_name(key, 1)}
+    assert Player.objects.filter(name=player.name).count() == 1

@@ -199,6 +199,17 @@ def test_signup_creates_an_account_and_logs_in(client, canvas):
     assert client.get("/c/test/").context["user"].username == "dave"
 
 
+def test_signup_refuses_names_kept_for_anonymous_players(client, db):
+    from canvas.account_forms import MSG_ANON_USERNAME
+
+    response = client.post(
+        "/accounts/signup/", {"username": "Anon-88605a", "password": "a-long-pass-123"}
+    )
+    assert response.status_code == 200
+    assert MSG_ANON_USERNAME in response.content.decode()
+    assert not get_user_model().objects.exists()
+
+
 def test_signup_with_mismatched_passwords_shows_the_error(client, db):
     response = client.post(
         "/accounts/signup/",

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from canvas import moderation
 from canvas.exceptions import CanvasNotFound
-from canvas.models import Player
+from canvas.moderation_selectors import PlayerLookupError, players_resolve
 from canvas.selectors import canvas_get
 
 DEFAULT_REASON = "manage.py rollback"
@@ -38,7 +38,10 @@ class Command(BaseCommand):
             nargs="+",
             default=[],
             metavar="NAME",
-            help="player name; repeat or list several",
+            help=(
+                "player name (or #ID); repeat or list several. A name that"
+                " several players share is refused: give #ID instead"
+            ),
         )
         parser.add_argument("--since", type=instant, help="ISO 8601, inclusive")
         parser.add_argument("--until", type=instant, help="ISO 8601, inclusive")
@@ -82,8 +85,7 @@ class Command(BaseCommand):
         )
 
     def player_ids(self, names: list[str]) -> tuple[int, ...]:
-        found = dict(Player.objects.filter(name__in=names).values_list("pk", "name"))
-        missing = sorted(set(names) - set(found.values()))
-        if missing:
-            raise CommandError(f"no player named {', '.join(missing)}")
-        return tuple(sorted(found))
+        try:
+            return players_resolve(tokens=names)
+        except PlayerLookupError as error:
+            raise CommandError(str(error)) from None
