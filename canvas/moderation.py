@@ -16,6 +16,8 @@ placements queue for their seq) only to re-read pixels placed on meanwhile and
 write the board and the moderation rows, so placements wait for that part only.
 """
 
+import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +39,8 @@ from .models import (
 from .moderation_selectors import board_region
 from .protocol import Update
 from .sql import int_array, sql_in
+
+events = logging.getLogger("canvas.moderation")
 
 # Placements per transaction (more when one pixel has more); one batch's work is
 # what live placements may wait for.
@@ -528,7 +532,7 @@ def placements_rollback(
         _rollback_batch(action=action, ids=ids)
     if action.pk is not None:
         action.refresh_from_db()
-    return action
+    return _logged(action)
 
 
 def _rollback_batch(*, action: ModerationAction, ids: list[int]) -> None:
@@ -597,7 +601,7 @@ def rollback_undo(
     for ids in _batches(pending=owned):
         _undo_batch(action=action, undo=undo, ids=ids)
     undo.refresh_from_db()
-    return undo
+    return _logged(undo)
 
 
 def _rollbacks_holding(*, canvas_id: int) -> QuerySet:
@@ -678,6 +682,7 @@ def player_ban(
             reason=reason,
             scope={"until": until.isoformat(), "rollback_hours": rollback_hours},
         )
+    _logged(ban)
     ban.rollbacks = []  # the rollbacks this ban made, one per canvas
     if rollback_hours:
         since = now - timedelta(hours=rollback_hours)
@@ -716,12 +721,13 @@ def player_unban(
     with transaction.atomic():
         Player.objects.filter(pk=player_id).update(banned_until=None, ban_reason="")
         _tell_player(player_id)
-        return ModerationAction.objects.create(
+        unban = ModerationAction.objects.create(
             kind=ModerationAction.KIND_UNBAN,
             player_id=player_id,
             moderator_id=moderator_id,
             reason=reason,
         )
+    return _logged(unban)
 
 
 def canvas_set_open(
@@ -741,7 +747,7 @@ def canvas_set_open(
             reason=reason,
         )
         broadcast.canvas_changed(canvas_id=canvas_id)
-    return action
+    return _logged(action)
 
 
 def canvas_set_cooldown(
@@ -774,4 +780,24 @@ def canvas_set_cooldown(
             scope={"from": previous, "to": cooldown_seconds},
         )
         broadcast.canvas_changed(canvas_id=canvas_id)
+    return _logged(action)
+
+
+def _logged(action: ModerationAction) -> ModerationAction:
+    """One key=value line per recorded action, like placements' (logger
+    canvas.moderation): who did what, where, to whom, with what effect."""
+    if action.pk is not None:
+        events.info(
+            "event=moderation action=%s kind=%s canvas=%s player=%s moderator=%s"
+            " placements=%s pixels=%s scope=%s reason=%s",
+            action.pk,
+            action.kind,
+            action.canvas_id,
+            action.player_id,
+            action.moderator_id,
+            action.placements_count,
+            action.pixels_count,
+            json.dumps(action.scope, separators=(",", ":"), sort_keys=True),
+            json.dumps(action.reason),
+        )
     return action

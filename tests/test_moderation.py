@@ -667,3 +667,49 @@ def test_an_empty_rollback_left_from_before_does_not_hold_placements(
     assert restored.placements_count == 1
     assert pixel(canvas, 1, 1) == 5
     assert moderation.still_covered(action=real) == {}
+
+
+def test_every_recorded_action_is_one_structured_log_line(
+    make_canvas, players, run, stream
+):
+    """Operators see moderation beside placements on stderr (docs/deploy.md)."""
+    import logging
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("canvas.moderation").addHandler(handler)
+    try:
+        canvas = make_canvas(slug="logged", width=8, height=8, cooldown=0)
+        alice, bob, _ = players
+        place(run, canvas, alice, 1, 1, 5)
+        place(run, canvas, alice, 2, 1, 5)
+        rollback = run(
+            moderation.placements_rollback,
+            canvas_id=canvas.pk,
+            scope=Scope(player_ids=(alice.pk,)),
+            reason='griefing "art"',
+        )
+        run(moderation.rollback_undo, action_id=rollback.pk, reason="mistake")
+        run(moderation.player_ban, player_id=bob.pk, reason="spam")
+        run(moderation.canvas_set_open, canvas_id=canvas.pk, is_open=False, reason="x")
+        # Nothing to roll back: nothing recorded, nothing logged.
+        run(
+            moderation.placements_rollback,
+            canvas_id=canvas.pk,
+            scope=Scope(player_ids=(bob.pk,)),
+            reason="none",
+        )
+    finally:
+        logging.getLogger("canvas.moderation").removeHandler(handler)
+    assert [line.split()[2] for line in lines] == [
+        "kind=rollback",
+        "kind=undo",
+        "kind=ban",
+        "kind=pause",
+    ]
+    assert lines[0].startswith(f"event=moderation action={rollback.pk} ")
+    assert f"canvas={canvas.pk} player=None moderator=None" in lines[0]
+    assert "placements=2 pixels=2" in lines[0]
+    assert lines[0].endswith('reason="griefing \\"art\\""')
+    assert f"player={bob.pk}" in lines[2]
