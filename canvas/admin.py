@@ -35,6 +35,10 @@ PERM_CANVAS = "canvas.moderate_canvas"
 # Selections up to this many ids travel in the preview's URL (so it can be
 # shared); longer ones wait in the session, as no URL holds thousands of ids.
 URL_IDS_MAX = 200
+# The most placements one selection may roll back: each id is kept in the
+# moderator's session and bound into the preview's queries. Past it, a scope
+# (players, time window, rectangle) does the same job in a few index scans.
+SELECTION_MAX = 10_000
 
 
 class CappedPaginator(Paginator):
@@ -333,7 +337,18 @@ class PlacementAdmin(admin.ModelAdmin):
                 request, "Select placements of one canvas at a time.", messages.ERROR
             )
             return None
-        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        ids = list(
+            queryset.order_by("pk").values_list("pk", flat=True)[: SELECTION_MAX + 1]
+        )
+        if len(ids) > SELECTION_MAX:
+            self.message_user(
+                request,
+                f"That selection is over {SELECTION_MAX:,} placements. Roll back by"
+                " player, time window or region instead (filter the history, then"
+                " “Roll back what this list shows…”).",
+                messages.ERROR,
+            )
+            return None
         params = {"canvas": canvases.pop()}
         if len(ids) <= URL_IDS_MAX:
             params["ids"] = ",".join(str(pk) for pk in ids)

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from datetime import datetime
 from functools import partial
@@ -40,6 +41,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
     # From the moment its row may be written until the row is deleted.
     row_open = False
     admission: asyncio.Future | None = None  # the thread writing its row
+    abandoned: threading.Event | None = None  # set when the socket is gone
 
     async def __call__(self, scope, receive, send) -> None:
         """AsyncConsumer.__call__ for a consumer without a layer channel.
@@ -94,6 +96,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # On an admission thread (canvas/presence.py): handshakes do not wait
         # for each other's round trips. Shielded: if this task is killed, the
         # admission still finishes and release() deletes its row after it.
+        self.abandoned = threading.Event()
         self.admission = presence.run(
             _admit,
             # Set by canvas/wsentry.py; the scope's, when mounted by a URLRouter.
@@ -101,6 +104,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             self.session_key or self.scope.get("session_key"),
             channel_name=self.channel_name,
             ip=self.ip,
+            abandoned=self.abandoned,
         )
         try:
             identity = await asyncio.shield(self.admission)
@@ -215,6 +219,8 @@ class CanvasConsumer(AsyncWebsocketConsumer):
 
     async def release(self) -> None:
         """Leave the hub and delete the socket's row; once, however it ends."""
+        if self.abandoned is not None:
+            self.abandoned.set()  # an admission still queued skips its work
         if self.hub is not None:
             self.hub.leave(self)
             self.hub = None
@@ -345,14 +351,22 @@ def _row_deleted(channel_name: str, delete: asyncio.Future) -> None:
 
 
 def _admit(
-    slug: str, session_key: str | None, *, channel_name: str, ip: str | None
+    slug: str,
+    session_key: str | None,
+    *,
+    channel_name: str,
+    ip: str | None,
+    abandoned: threading.Event | None = None,
 ) -> Identity:
     """Identify a new socket and record it, or refuse it (in a thread).
 
     Canvas, live session, player, cooldown and ban; then its Connection row,
     counted against its address's limit in the same step.
     Only a live session counts from here on: an expired one is no session.
+    A socket given up meanwhile (`abandoned`) gets neither work nor row.
     """
+    if abandoned is not None and abandoned.is_set():
+        raise exc.Abandoned(channel_name)
     limit = settings.PLACE_MAX_CONNECTIONS_PER_IP
     if limit > 0 and ip and selectors.connections_held(ip=ip) >= limit:
         # Already at the cap: refused for one count, before the work below
@@ -367,6 +381,8 @@ def _admit(
     ban = None
     if player is not None and player.is_banned():
         ban = (player.banned_until, player.ban_reason)
+    if abandoned is not None and abandoned.is_set():
+        raise exc.Abandoned(channel_name)
     services.connection_open(
         channel_name=channel_name,
         canvas_id=canvas.pk,

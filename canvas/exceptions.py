@@ -36,3 +36,7 @@ class CanvasNotFound(Exception):
 
 class TooManyConnections(Exception):
     """The address already holds PLACE_MAX_CONNECTIONS_PER_IP open sockets."""
+
+
+class Abandoned(Exception):
+    """The socket went away before its admission began (or wrote its row)."""

@@ -41,6 +41,8 @@ BUSY_WINDOW = 1.0
 _background: set[asyncio.Task] = set()
 # How long a read of the online count serves new sockets (adjusted locally).
 ONLINE_FRESH_SECONDS = 1.0
+# The longest a group join may take before the hub goes on without it.
+LAYER_TIMEOUT = 5.0
 
 # The heartbeat's own thread. Every other database call of a consumer or hub
 # waits its turn on asgiref's one shared thread, which a storm of handshakes
@@ -101,6 +103,7 @@ class Hub:
         # One frame at a time: a frame sent while another is part-way through
         # its sockets would otherwise reach them in different orders.
         self.sending = asyncio.Lock()
+        self.joining = asyncio.Lock()
 
     async def start(self) -> None:
         # Join before reading the seq: anything committed after the read is
@@ -168,7 +171,16 @@ class Hub:
 
     async def rejoin_group(self) -> None:
         """Join the canvas's group, or refresh the membership (a restarted
-        Redis has forgotten it); first subscribe, if the layer was down."""
+        Redis has forgotten it); first subscribe, if the layer was down.
+
+        One at a time (the period's watch and the heartbeat both call it), so
+        a Redis that hangs and comes back cannot leave two subscriptions; and
+        bounded, so a Redis that does not answer cannot hold up the database
+        refill or the heartbeat that follow."""
+        async with self.joining:
+            await asyncio.wait_for(self._join(), LAYER_TIMEOUT)
+
+    async def _join(self) -> None:
         if not self.channel:
             self.channel = await self.layer.new_channel("hub.")
         await self.layer.group_add(broadcast.group_name(self.canvas_id), self.channel)
@@ -187,12 +199,23 @@ class Hub:
                 log.warning("channel layer receive failed; retrying", exc_info=True)
                 await asyncio.sleep(1)
                 continue
-            if message.get("type") == broadcast.MSG_PIXELS:
-                self.accept(message["updates"], message.get("sent_at"))
-            elif message.get("type") == broadcast.MSG_CANVAS:
-                await self.canvas_changed()
-            elif message.get("type") == broadcast.MSG_PLAYER:
-                await self.player_changed(message["player_id"])
+            try:
+                await self.handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad message must not end the receiving
+                log.warning("layer message failed: %r", message, exc_info=True)
+
+    async def handle(self, message: dict) -> None:
+        if message.get("type") == broadcast.MSG_PIXELS:
+            self.accept(message["updates"], message.get("sent_at"))
+        elif message.get("type") == broadcast.MSG_CANVAS:
+            await self.canvas_changed()
+        elif message.get("type") == broadcast.MSG_PLAYER:
+            # Its own task: a database read must not hold up pixel frames.
+            task = asyncio.ensure_future(self.player_changed(message["player_id"]))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     async def canvas_changed(self) -> None:
         """Tell every socket the canvas's new settings: one read, one frame."""

@@ -4,7 +4,7 @@ a clear answer while the database is away."""
 import logging
 from collections.abc import Callable
 
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -67,7 +67,9 @@ class DatabaseUnavailable:
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponse | None:
-        if not isinstance(exception, DatabaseError):
+        # Unreachable or gone away; not IntegrityError or ProgrammingError,
+        # which are bugs and stay 500s with their tracebacks.
+        if not isinstance(exception, OperationalError | InterfaceError):
             return None
         log.warning("database unavailable for %s", request.path, exc_info=exception)
         if request.path_info.startswith("/api/"):

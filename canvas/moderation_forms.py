@@ -26,7 +26,7 @@ REASON_HELP = "Kept with the action and shown in the moderation log."
 # Selections too long for a URL (thousands of ids) wait in the session; the
 # newest few are kept, so several previews may be open at once.
 SELECTIONS_KEY = "canvas_rollback_selections"
-SELECTIONS_KEPT = 5
+SELECTIONS_KEPT = 3
 MSG_SELECTION_GONE = (
     "That selection is no longer available; select the placements again."
 )

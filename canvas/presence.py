@@ -8,11 +8,12 @@ a restarted process got in one round trip after another, and the deletes of a
 storm of closing sockets queued the same way (bench/RESULTS.md, connection
 storm). Here a few threads admit at once on PostgreSQL (SQLite has one writer
 at a time: one thread), and the rows of sockets that close together go in one
-statement.
+statement, on a thread of their own.
 
 A row's delete waits for its socket's admission to finish, however the
 socket's task ends: a row being written when its task is killed is deleted
-right after.
+right after. A socket given up while its admission still waits its turn
+(daphne killed the handshake) has the admission skip its work.
 """
 
 import asyncio
@@ -26,10 +27,14 @@ from django.conf import settings
 from . import services
 
 # Admission threads on PostgreSQL: each holds a pooled connection while it
-# works, beside asgiref's thread, the ingest thread and the heartbeat's.
-MAX_THREADS = 4
+# works, beside the delete thread, asgiref's, the ingest thread and the
+# heartbeat's (PLACE_DB_POOL_SIZE, 8 by default).
+MAX_THREADS = 3
 
-_executor: ThreadPoolExecutor | None = None
+_admitting: ThreadPoolExecutor | None = None
+# Deletes have a thread of their own: queued behind a storm's admissions, the
+# rows of closed sockets would go on counting against their address's cap.
+_deleting = ThreadPoolExecutor(1, thread_name_prefix="place-presence-delete")
 
 
 def threads() -> int:
@@ -54,11 +59,11 @@ def run(func, *args, **kwargs) -> asyncio.Future:
     Cancelling an await of it does not stop the thread: shield it and keep
     the future for `release`, which waits for it.
     """
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(threads(), thread_name_prefix="place-presence")
+    global _admitting
+    if _admitting is None:
+        _admitting = ThreadPoolExecutor(threads(), thread_name_prefix="place-presence")
     loop = asyncio.get_running_loop()
-    return loop.run_in_executor(_executor, partial(_run, func, *args, **kwargs))
+    return loop.run_in_executor(_admitting, partial(_run, func, *args, **kwargs))
 
 
 def release(channel_name: str, after: asyncio.Future | None) -> asyncio.Future:
@@ -72,6 +77,8 @@ def release(channel_name: str, after: asyncio.Future | None) -> asyncio.Future:
 async def _release(channel_name: str, after: asyncio.Future | None) -> None:
     if after is not None:
         await asyncio.wait([after])  # never raises: the row is written or not
+        if not after.cancelled():
+            after.exception()  # seen: whatever it was, nobody else awaits it
     await _deletes().delete(channel_name)
 
 
@@ -93,10 +100,11 @@ class GroupDelete:
     async def _flush(self) -> None:
         while self.waiting:
             group, self.waiting = self.waiting, []
+            names = [name for name, _ in group]
             try:
-                await run(
-                    services.connections_close,
-                    channel_names=[name for name, _ in group],
+                await asyncio.get_running_loop().run_in_executor(
+                    _deleting,
+                    partial(_run, services.connections_close, channel_names=names),
                 )
             except Exception as error:  # each socket's release logs it
                 for _, done in group:

@@ -267,8 +267,9 @@ def _anonymous_name_free(session_key: str) -> str:
     User = get_user_model()
     for attempt in range(ANONYMOUS_NAME_TRIES):
         name = anonymous_name(session_key, attempt)
+        # Exact matches (indexed): sign-up refuses anon- names in any case.
         taken = Player.objects.filter(name=name).exists() or (
-            User.objects.filter(username__iexact=name).exists()
+            User.objects.filter(username=name).exists()
         )
         if not taken:
             return name

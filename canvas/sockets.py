@@ -51,16 +51,29 @@ def _unsent(transport) -> int:
     return unsent + getattr(transport, "_tempDataLen", 0)
 
 
+def _plain_socket(transport):
+    """The kernel socket of a plain TCP transport, else None.
+
+    Looked up in the transport's own attributes: twisted's TLS transport
+    forwards unknown attributes to the TCP transport beneath it, whose socket
+    would take the bytes unencrypted.
+    """
+    attributes = getattr(transport, "__dict__", {})
+    if attributes.get("TLS"):  # a TCP connection that started TLS itself
+        return None
+    return attributes.get("socket")
+
+
 def _send(transport, data: bytes, unsent: int) -> None:
-    if unsent or getattr(transport, "socket", None) is None:
-        # Behind bytes already queued (order), or not a plain TCP transport
-        # (TLS wraps it): twisted's way.
+    raw = _plain_socket(transport)
+    if unsent or raw is None:
+        # Behind bytes already queued (order), or not plain TCP: twisted's way.
         transport.write(data)
         return
     # Nothing queued: try the kernel first. Most frames go out whole and
     # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
     try:
-        sent = transport.socket.send(data)
+        sent = raw.send(data)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:  # the connection is going; twisted will notice

@@ -234,6 +234,9 @@ CACHES = {
         {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            # A Redis that does not answer costs a log-in one second, then
+            # the counts fall back to this process (canvas/ratelimit.py).
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
@@ -326,10 +329,11 @@ PLACE_INGEST_IDLE_CLOSE = env_float("PLACE_INGEST_IDLE_CLOSE", 0.05)
 # A socket whose unsent bytes exceed this has fallen behind: it is closed with
 # code 4010 and the client reconnects and refetches the board (docs/protocol.md).
 PLACE_SLOW_CLIENT_BYTES = env_int("PLACE_SLOW_CLIENT_BYTES", 1024 * 1024)
-if PLACE_HEARTBEAT_SECONDS >= PLACE_CONNECTION_STALE_SECONDS:
+if PLACE_HEARTBEAT_SECONDS * 2 >= PLACE_CONNECTION_STALE_SECONDS:
+    # One late or failed beat must not get live sockets' rows swept.
     raise ImproperlyConfigured(
-        "PLACE_HEARTBEAT_SECONDS must be well under PLACE_CONNECTION_STALE_SECONDS,"
-        " or live sockets' rows are swept as stale"
+        "PLACE_HEARTBEAT_SECONDS must be under half of"
+        " PLACE_CONNECTION_STALE_SECONDS, or live sockets' rows are swept as stale"
     )
 # Who may read /metrics besides staff users: comma-separated addresses/networks.
 PLACE_METRICS_ALLOW = env_networks("PLACE_METRICS_ALLOW", "127.0.0.1,::1")

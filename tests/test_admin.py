@@ -698,3 +698,35 @@ def test_a_bound_out_of_range_shows_only_its_own_error(moderator, client, griefe
     assert MSG_REGION_PARTIAL not in text
     partial = client.get(url, {"canvas": canvas.pk, "x0": 1})
     assert MSG_REGION_PARTIAL in partial.content.decode()
+
+
+def test_a_selection_over_the_limit_is_sent_to_a_scope_instead(
+    moderator, client, make_canvas, monkeypatch
+):
+    """Every selected id lives in the session and the preview's queries: past
+    the limit the moderator is told to use a scope, nothing is stored."""
+    from canvas import admin as canvas_admin
+
+    monkeypatch.setattr(canvas_admin, "SELECTION_MAX", 20)
+    canvas = make_canvas(width=16, height=16, cooldown=0)
+    mallory = Player.objects.create(name="mallory")
+    for i in range(21):
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=mallory.pk, x=i % 16, y=i // 16, color=3
+        )
+    history = reverse("admin:canvas_placement_changelist")
+    response = client.post(
+        f"{history}?canvas__id__exact={canvas.pk}",
+        {
+            "action": "rollback_selected",
+            "select_across": "1",
+            "index": "0",
+            "_selected_action": [Placement.objects.first().pk],
+        },
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "That selection is over 20 placements" in page
+    assert "Roll back what this list shows" in page
+    assert not Placement.objects.filter(rolled_back=True).exists()
+    assert "canvas_rollback_selections" not in client.session

@@ -443,6 +443,27 @@ async def test_a_socket_killed_mid_handshake_leaves_no_row(canvas, monkeypatch):
     assert await _rows_when_settled() == 0
 
 
+async def test_an_admission_whose_socket_was_given_up_does_no_work(
+    canvas, django_assert_num_queries
+):
+    """Queued behind a storm, an admission whose handshake daphne has killed
+    skips its queries and writes no row (a release is waiting to delete it)."""
+    from canvas import consumers
+
+    given_up = threading.Event()
+    given_up.set()
+
+    def admit():
+        with django_assert_num_queries(0):
+            consumers._admit(
+                "test", None, channel_name="gone", ip="127.0.0.1", abandoned=given_up
+            )
+
+    with pytest.raises(exc.Abandoned):
+        await adb(admit)()
+    assert await adb(Connection.objects.count)() == 0
+
+
 async def test_a_socket_killed_after_its_hello_leaves_no_row_or_listener(canvas):
     from canvas.hub import registry
 

@@ -40,7 +40,7 @@ def load(environ, **values) -> dict:
         ("PLACE_MAX_CONNECTIONS_PER_IP", "-1", "must be at least 0"),
         ("PLACE_SIGNUP_LIMIT", "5 # per hour", "must be a whole number"),
         ("PLACE_HEARTBEAT_SECONDS", "0", "must be more than 0"),
-        ("PLACE_HEARTBEAT_SECONDS", "60", "well under PLACE_CONNECTION_STALE"),
+        ("PLACE_HEARTBEAT_SECONDS", "20", "under half of"),
         ("PLACE_BROADCAST_TICK", "0", "must be more than 0"),
         ("PLACE_DB_POOL_SIZE", "-1", "must be at least 0"),
         ("PLACE_LOG_LEVEL", "verbose", "must be DEBUG, INFO"),

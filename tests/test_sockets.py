@@ -38,3 +38,28 @@ def test_a_closing_socket_gets_nothing_and_others_fall_back_to_asgi():
             pass
 
     assert sockets.daphne_socket(NotDaphne()) is None
+
+
+def test_a_tls_transport_is_written_through_twisted_never_to_its_socket():
+    """Twisted's TLS transport forwards attribute lookups to the TCP transport
+    beneath it: the raw socket must not be used, or bytes go out unencrypted."""
+    from .test_fanout import FakeTransport
+
+    beneath = FakeTransport()
+    beneath.socket = FakeSocket(accepts=10_000)
+
+    class TLSLike:
+        def __init__(self):
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def __getattr__(self, name):
+            return getattr(beneath, name)
+
+    listener = Listener()
+    listener.wire.transport = TLSLike()
+    sockets.send_text(listener.wire, "secret")
+    assert beneath.socket.sent == []
+    assert listener.wire.transport.written == [b"\x81\x06secret"]
