@@ -49,6 +49,10 @@ TIMEOUT_SECONDS = 2.0
 LINGER_SECONDS = 10.0
 # How long a WebSocket handshake may take before daphne drops it (daphne: 5).
 HANDSHAKE_SECONDS = 30
+# Connections the kernel may queue for accept() (twisted's default: 50). Every
+# client of a restarted process reconnects at once; past the queue their
+# connections are dropped and retried after 1, 3, 7, 15 s (SYN backoff).
+LISTEN_BACKLOG = 2048
 
 
 class Inbox:
@@ -142,6 +146,7 @@ class PlaceServer(Server):
 
     def run(self) -> None:
         _refuse_an_unmigrated_database()
+        self.endpoints = [_with_backlog(e) for e in self.endpoints]
         if self.verbosity <= 1:
             _skip_autobahn_debug_formatting()
         super().run()
@@ -315,6 +320,14 @@ class PlaceServer(Server):
 
 def _note_done(attention: set, protocol, _task) -> None:
     attention.add(protocol)
+
+
+def _with_backlog(endpoint: str) -> str:
+    """A TCP or UNIX endpoint description with LISTEN_BACKLOG, unless it says."""
+    kind = endpoint.split(":", 1)[0]
+    if kind in {"tcp", "tcp6", "unix"} and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
+    return endpoint
 
 
 def _refuse_an_unmigrated_database() -> None:
