@@ -127,6 +127,9 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=1011)
             return
+        # Admitted: nothing to wait for or call off any more. Dropped, as the
+        # future holds the identity (a Canvas row) for the socket's life.
+        self.admission = self.abandoned = None
         canvas = identity.canvas
         self.session_key = identity.session_key
         self.player_id, self.player_name = identity.player_id, identity.player_name
