@@ -458,19 +458,7 @@ def idle(args, design: str) -> dict:
         ports = [s.port for s in stack.servers]
         time.sleep(2)
         rss_before = sum(proc_rss_mb(p) for p in pids)
-        jobs = [
-            {
-                "role": "watch",
-                "host": "127.0.0.1",
-                "port": ports[i % len(ports)],
-                "path": "/ws/canvases/bench/",
-                "count": count,
-                "seconds": args.seconds,
-                "drain": 0.0,
-                "engine": args.engine,
-            }
-            for i, count in enumerate(split(args.connections, args.procs))
-        ]
+        jobs = idle_watchers(args, ports, seconds=args.seconds)
         opened, reports, usage = run_workers(jobs, settle=5.0, meter_pids=pids)
     finally:
         stack.stop()
@@ -492,6 +480,27 @@ def idle(args, design: str) -> dict:
     }
 
 
+def idle_watchers(args, ports: list[int], seconds: float, inflight=None) -> list:
+    """`--connections` watchers that only listen, spread over the load processes."""
+    jobs = [
+        {
+            "role": "watch",
+            "host": "127.0.0.1",
+            "port": ports[i % len(ports)],
+            "path": "/ws/canvases/bench/",
+            "count": count,
+            "seconds": seconds,
+            "drain": 0.0,
+            "engine": args.engine,
+        }
+        for i, count in enumerate(split(args.connections, args.procs))
+    ]
+    if inflight is not None:
+        for job in jobs:
+            job["inflight"] = inflight
+    return jobs
+
+
 def connect(args, design: str) -> dict:
     """A storm: `--connections` sockets opened at once (`--inflight` handshakes
     in flight per load process), as when every client of a restarted process
@@ -501,20 +510,7 @@ def connect(args, design: str) -> dict:
     try:
         pids = [s.process.pid for s in stack.servers]
         ports = [s.port for s in stack.servers]
-        jobs = [
-            {
-                "role": "watch",
-                "host": "127.0.0.1",
-                "port": ports[i % len(ports)],
-                "path": "/ws/canvases/bench/",
-                "count": count,
-                "seconds": 1.0,
-                "drain": 0.0,
-                "engine": args.engine,
-                "inflight": args.inflight,
-            }
-            for i, count in enumerate(split(args.connections, args.procs))
-        ]
+        jobs = idle_watchers(args, ports, seconds=1.0, inflight=args.inflight)
         opened, reports, usage = run_workers(jobs, settle=0.0, meter_pids=pids)
         closed_at = time.monotonic()
         rows = stack_rows(stack)

@@ -603,6 +603,21 @@ def test_apply_rolls_back_only_what_the_preview_showed(moderator, client, make_c
     assert all(board[y * canvas.width + x] == 9 for x in range(8) for y in range(8))
 
 
+def roll_back_all_selected(client, canvas, **kwargs):
+    """The history's "Select all N placements", then "Roll back selected…"."""
+    history = reverse("admin:canvas_placement_changelist")
+    return client.post(
+        f"{history}?canvas__id__exact={canvas.pk}",
+        {
+            "action": "rollback_selected",
+            "select_across": "1",
+            "index": "0",
+            "_selected_action": [Placement.objects.first().pk],
+        },
+        **kwargs,
+    )
+
+
 def test_selecting_thousands_of_placements_previews_and_rolls_them_back(
     moderator, client, make_canvas
 ):
@@ -617,16 +632,7 @@ def test_selecting_thousands_of_placements_previews_and_rolls_them_back(
             services.placement_create(
                 canvas_id=canvas.pk, player_id=mallory.pk, x=i % 64, y=i // 64, color=3
             )
-    history = reverse("admin:canvas_placement_changelist")
-    response = client.post(
-        f"{history}?canvas__id__exact={canvas.pk}",
-        {
-            "action": "rollback_selected",
-            "select_across": "1",
-            "index": "0",
-            "_selected_action": [Placement.objects.first().pk],
-        },
-    )
+    response = roll_back_all_selected(client, canvas)
     assert response.status_code == 302
     assert len(response.url) < 200
     preview = client.get(response.url)
@@ -714,18 +720,7 @@ def test_a_selection_over_the_limit_is_sent_to_a_scope_instead(
         services.placement_create(
             canvas_id=canvas.pk, player_id=mallory.pk, x=i % 16, y=i // 16, color=3
         )
-    history = reverse("admin:canvas_placement_changelist")
-    response = client.post(
-        f"{history}?canvas__id__exact={canvas.pk}",
-        {
-            "action": "rollback_selected",
-            "select_across": "1",
-            "index": "0",
-            "_selected_action": [Placement.objects.first().pk],
-        },
-        follow=True,
-    )
-    page = response.content.decode()
+    page = roll_back_all_selected(client, canvas, follow=True).content.decode()
     assert "That selection is over 20 placements" in page
     assert "Roll back what this list shows" in page
     assert not Placement.objects.filter(rolled_back=True).exists()
