@@ -125,7 +125,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
             # Accepted first, as for an unknown canvas: a close before accept
             # reaches the client as a bare HTTP 403, which reads as "refused".
             await self.accept()
-            await self.close(code=1011)
+            await self.close(code=protocol.CLOSE_UNAVAILABLE)
             return
         # Admitted: nothing to wait for or call off any more. Dropped, as the
         # future holds the identity (a Canvas row) for the socket's life.
@@ -152,7 +152,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         except DatabaseError:
             # The close brings websocket.disconnect, and with it the cleanup.
             log.warning("database unavailable while opening a socket")
-            await self.close(code=1011)
+            await self.close(code=protocol.CLOSE_UNAVAILABLE)
             return
         self.hub = hub
         seq = self.hub.join(self)

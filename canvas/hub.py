@@ -388,7 +388,7 @@ class Hub:
         if wire is not None:
             sockets.abort_if_open(wire)
         else:
-            _close_later(listener, 1011)
+            _close_later(listener, protocol.CLOSE_UNAVAILABLE)
 
     def _close_slow(
         self, listener: Listener, wire: WebSocketProtocol | None = None

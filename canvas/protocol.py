@@ -15,6 +15,10 @@ CLOSE_TOO_LARGE = 4009
 CLOSE_TOO_FAST = 4008  # a sustained flood of messages
 CLOSE_TOO_MANY = 4029  # too many open sockets from one address (before accept)
 CLOSE_NO_CANVAS = 4004  # no canvas by that slug (after accept, so browsers see it)
+# The server cannot serve this socket now (its database was unreachable during
+# the handshake, or a write to it failed): reconnect with backoff. Not 1011,
+# which autobahn refuses to send from an application.
+CLOSE_UNAVAILABLE = 4011
 Update = tuple[int, int, int, int]  # (seq, x, y, color)
 
 

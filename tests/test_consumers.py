@@ -165,7 +165,7 @@ async def test_frame_over_16_kib_closes_with_4009_even_when_rate_limited(
     assert output == {"type": "websocket.close", "code": 4009}
 
 
-async def test_a_handshake_without_the_database_is_closed_with_1011(
+async def test_a_handshake_without_the_database_is_closed_with_4011(
     canvas, monkeypatch
 ):
     """Accepted, then closed with the documented code: a close before accept
@@ -183,7 +183,7 @@ async def test_a_handshake_without_the_database_is_closed_with_1011(
     assert connected
     assert await client.receive_output(timeout=5) == {
         "type": "websocket.close",
-        "code": 1011,
+        "code": 4011,
     }
     assert await adb(Connection.objects.count)() == 0
 

@@ -434,7 +434,7 @@ async def test_a_socket_that_fails_to_receive_is_closed_not_left_silent(make_can
     hub.accept([[1, 0, 0, 1]])
     await hub.flush()
     await asyncio.sleep(0)
-    assert broken not in hub.listeners and broken.closed_with == 1011
+    assert broken not in hub.listeners and broken.closed_with == 4011
     assert [u[0] for f in healthy.frames for u in f["updates"]] == [1]
 
 
