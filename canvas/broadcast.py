@@ -12,6 +12,7 @@ flight, and not at all (no wake-ups) while nothing is placed. Outside a server
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -25,6 +26,14 @@ log = logging.getLogger("canvas.broadcast")
 MSG_PIXELS = "pixels.batch"
 MSG_CANVAS = "canvas.changed"
 MSG_PLAYER = "player.changed"
+# The longest a channel-layer call may take: a Redis that hangs (rather than
+# refusing connections) must not stall publishing or a hub's upkeep for good.
+LAYER_TIMEOUT = 5.0
+# This process's hubs by canvas id (canvas/hub.py registers them): its own
+# commits reach them straight from the outbox, without Redis's round trip, and
+# while Redis is away. The same changes also come through the group; a hub
+# keeps one of each seq.
+local_hubs: dict[int, Callable[[list, float], None]] = {}
 
 
 def group_name(canvas_id: int) -> str:
@@ -140,10 +149,15 @@ async def _drain_forever() -> None:
         batches, _outbox.pending = _outbox.pending, {}
         now = time.time()
         for canvas_id, updates in batches.items():
+            deliver = local_hubs.get(canvas_id)
+            if deliver is not None:
+                deliver(updates, now)
             try:
                 message = {"type": MSG_PIXELS, "updates": updates, "sent_at": now}
-                await _send(canvas_id, message)
-            except Exception:
+                await asyncio.wait_for(_send(canvas_id, message), LAYER_TIMEOUT)
+            except Exception as error:
+                if isinstance(error, TimeoutError):
+                    layer_error_count()  # _send counts the others
                 log.warning(
                     "group_send failed for canvas %s; hubs will refill", canvas_id
                 )

@@ -42,7 +42,7 @@ _background: set[asyncio.Task] = set()
 # How long a read of the online count serves new sockets (adjusted locally).
 ONLINE_FRESH_SECONDS = 1.0
 # The longest a group join may take before the hub goes on without it.
-LAYER_TIMEOUT = 5.0
+LAYER_TIMEOUT = broadcast.LAYER_TIMEOUT
 
 # The heartbeat's own thread. Every other database call of a consumer or hub
 # waits its turn on asgiref's one shared thread, which a storm of handshakes
@@ -179,6 +179,22 @@ class Hub:
         refill or the heartbeat that follow."""
         async with self.joining:
             await asyncio.wait_for(self._join(), LAYER_TIMEOUT)
+
+    def rejoin_soon(self) -> None:
+        """Rejoin in the background, unless a rejoin is already under way: a
+        Redis that hangs must not hold up the database refill that follows."""
+        if self.joining.locked():
+            return
+        task = asyncio.ensure_future(self._rejoin_logged())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _rejoin_logged(self) -> None:
+        try:
+            await self.rejoin_group()
+        except Exception as error:
+            broadcast.layer_error_count()
+            log.warning("group rejoin failed; will retry: %r", error)
 
     async def _join(self) -> None:
         if not self.channel:
@@ -420,15 +436,9 @@ class Hub:
         """
         while True:
             await asyncio.sleep(settings.PLACE_GAP_TIMEOUT)
-            try:
-                # Rejoining is cheap and idempotent; doing it every period means
-                # a Redis restart (which forgets groups) costs seconds, not hours.
-                await self.rejoin_group()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                broadcast.layer_error_count()
-                log.warning("group rejoin failed; will retry", exc_info=True)
+            # Rejoining is cheap and idempotent; doing it every period means
+            # a Redis restart (which forgets groups) costs seconds, not hours.
+            self.rejoin_soon()
             try:
                 await self.check_gaps()
             except asyncio.CancelledError:
@@ -474,6 +484,7 @@ class Registry:
             for hub in self.hubs.values():
                 hub.stop()
             self.loop, self.hubs, self.starting = loop, {}, {}
+            broadcast.local_hubs.clear()
             broadcast.outbox_start()
             self.heartbeat = loop.create_task(self._heartbeat_forever())
 
@@ -493,6 +504,8 @@ class Registry:
             self.starting.pop(canvas_id, None)
             raise
         self.hubs[canvas_id] = hub
+        # This process's own commits reach it straight from the outbox.
+        broadcast.local_hubs[canvas_id] = hub.accept
         return hub
 
     def others_busy(self, hub: Hub, now: float) -> float:
@@ -523,10 +536,7 @@ class Registry:
             stale_seconds=settings.PLACE_CONNECTION_STALE_SECONDS
         )
         for hub in list(self.hubs.values()):
-            try:
-                await hub.rejoin_group()
-            except Exception:  # counted and retried by the hub's own period
-                log.warning("group rejoin failed; will retry")
+            hub.rejoin_soon()
             count = await hub.online_count(max_age=0)
             # Only a changed count goes out: an idle canvas costs no per-socket
             # work, and a new socket gets the count with its hello.

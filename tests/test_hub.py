@@ -117,6 +117,28 @@ async def test_sockets_open_and_play_while_the_layer_is_down_and_it_rejoins(
     await watcher.disconnect()
 
 
+async def test_this_processs_own_changes_reach_its_sockets_while_redis_hangs(
+    make_canvas, anonymous_play, fresh_layer, monkeypatch
+):
+    """A Redis that hangs rather than refuses: changes committed here still
+    reach this process's sockets at once (no database refill in this test)."""
+    anonymous_play.PLACE_GAP_TIMEOUT = 60
+    canvas = await adb(make_canvas)(slug="hung", cooldown=0)
+
+    async def hung(group, message):
+        await asyncio.sleep(3600)
+
+    watcher, hello = await connect("hung")
+    monkeypatch.setattr(fresh_layer, "group_send", hung)
+    player = await adb(Player.objects.create)(name="local")
+    await adb(services.placement_create)(
+        canvas_id=canvas.pk, player_id=player.pk, x=1, y=2, color=6
+    )
+    frame = await receive_type(watcher, "pixels", timeout=3)
+    assert frame["updates"] == [[hello["seq"] + 1, 1, 2, 6]]
+    await watcher.disconnect()
+
+
 async def test_a_settings_change_reaches_every_socket_from_one_read(make_canvas):
     """The hub re-reads the canvas once and sends the same frame to all sockets."""
     from canvas.models import Canvas
