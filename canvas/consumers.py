@@ -131,6 +131,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         # future holds the identity (a Canvas row) for the socket's life.
         self.admission = self.abandoned = None
         canvas = identity.canvas
+        registry.rows[self.channel_name] = (canvas.pk, identity.player_id, self.ip)
         self.session_key = identity.session_key
         self.player_id, self.player_name = identity.player_id, identity.player_name
         # Everything the socket needs from its request is read: drop it rather
@@ -224,6 +225,7 @@ class CanvasConsumer(AsyncWebsocketConsumer):
         """Leave the hub and delete the socket's row; once, however it ends."""
         if self.abandoned is not None:
             self.abandoned.set()  # an admission still queued skips its work
+        registry.rows.pop(self.channel_name, None)  # not to be written again
         if self.hub is not None:
             self.hub.leave(self)
             self.hub = None

@@ -473,6 +473,9 @@ class Registry:
         # Channel names of this process's sockets whose rows may exist: from
         # the moment a row may be written until it is deleted (consumers).
         self.held: set[str] = set()
+        # What the heartbeat needs to write a held socket's row again, from
+        # the moment it was admitted (consumers).
+        self.rows: dict[str, services.RowFields] = {}
         # Stopping: sockets leave their rows to the next start's sweep rather
         # than delete them one by one while daphne waits for every task.
         self.closing = False
@@ -529,9 +532,11 @@ class Registry:
                 log.warning("heartbeat failed; will retry", exc_info=True)
 
     async def beat(self) -> None:
-        await _upkeep(services.connections_heartbeat)(
-            server=SERVER_ID, channel_names=list(self.held)
+        restored = await _upkeep(services.connections_heartbeat)(
+            server=SERVER_ID, channel_names=list(self.held), rows=dict(self.rows)
         )
+        if restored:
+            log.warning("wrote %d swept rows of open sockets again", restored)
         await _upkeep(services.connections_sweep)(
             stale_seconds=settings.PLACE_CONNECTION_STALE_SECONDS
         )

@@ -502,13 +502,26 @@ def connections_close(*, channel_names: list[str]) -> None:
         Connection.objects.filter(channel_name__in=chunk).delete()
 
 
-def connections_heartbeat(*, server: str, channel_names: list[str]) -> None:
-    """Mark the sockets this process still holds as alive.
+# What a socket's row holds besides its names: (canvas_id, player_id, ip).
+RowFields = tuple[int, int | None, str | None]
+
+
+def connections_heartbeat(
+    *,
+    server: str,
+    channel_names: list[str],
+    rows: dict[str, RowFields] | None = None,
+) -> int:
+    """Mark the sockets this process still holds as alive; return how many
+    rows it had to write again.
 
     Only these: a row whose socket this process no longer holds (its task was
     killed before it could delete it, say) stops being refreshed and is swept
     as stale, instead of counting as online, and against its address, for as
-    long as the process lives.
+    long as the process lives. And all of these: a row swept while this
+    process could not beat (a database outage longer than the stale time) is
+    written again from `rows`, or it would stay missing until its socket
+    reconnected.
     """
     now = timezone.now()
     if connection.vendor == "postgresql":
@@ -521,12 +534,37 @@ def connections_heartbeat(*, server: str, channel_names: list[str]) -> None:
                 " WHERE server = %s AND channel_name = ANY(%s)",
                 [now, server, list(channel_names)],
             )
-        return
+            refreshed = cursor.rowcount
+    else:
+        refreshed = 0
+        for start in range(0, len(channel_names), NAMES_PER_STATEMENT):
+            chunk = channel_names[start : start + NAMES_PER_STATEMENT]
+            refreshed += Connection.objects.filter(
+                server=server, channel_name__in=chunk
+            ).update(last_seen=now)
+    if not rows or refreshed >= len(channel_names):
+        return 0
+    present: set[str] = set()
     for start in range(0, len(channel_names), NAMES_PER_STATEMENT):
         chunk = channel_names[start : start + NAMES_PER_STATEMENT]
-        Connection.objects.filter(server=server, channel_name__in=chunk).update(
-            last_seen=now
+        present.update(
+            Connection.objects.filter(channel_name__in=chunk).values_list(
+                "channel_name", flat=True
+            )
         )
+    missing = [
+        Connection(
+            channel_name=name,
+            canvas_id=rows[name][0],
+            player_id=rows[name][1],
+            ip=rows[name][2],
+            server=server,
+        )
+        for name in channel_names
+        if name not in present and name in rows
+    ]
+    Connection.objects.bulk_create(missing, ignore_conflicts=True)
+    return len(missing)
 
 
 def connections_sweep(*, stale_seconds: int, dead_servers: list[str] = ()) -> int:

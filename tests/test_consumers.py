@@ -470,6 +470,8 @@ async def test_a_socket_killed_after_its_hello_leaves_no_row_or_listener(canvas)
     client, _ = await connect("test")
     hub = registry.hubs[canvas.pk]
     assert registry.held == {client_channel(hub)}
+    # What the heartbeat would need to write the row again, were it swept.
+    assert registry.rows == {client_channel(hub): (canvas.pk, None, "127.0.0.1")}
     assert len(hub.listeners) == 1 and await adb(Connection.objects.count)() == 1
     client.future.cancel()
     assert await _rows_when_settled() == 0
@@ -477,7 +479,7 @@ async def test_a_socket_killed_after_its_hello_leaves_no_row_or_listener(canvas)
         if not registry.held:
             break
         await asyncio.sleep(0.02)
-    assert hub.listeners == set() and registry.held == set()
+    assert hub.listeners == set() and registry.held == set() and not registry.rows
 
 
 async def test_a_stopping_process_leaves_its_rows_to_the_sweep(canvas):

@@ -216,6 +216,37 @@ def test_heartbeat_refreshes_only_the_sockets_the_process_holds(make_canvas):
     assert list(Connection.objects.values_list("channel_name", flat=True)) == ["held"]
 
 
+def test_heartbeat_writes_again_the_rows_of_open_sockets_swept_meanwhile(
+    make_canvas,
+):
+    """A database outage longer than the stale time: another process swept this
+    one's rows while its sockets stayed open. The next beat puts them back."""
+    canvas = make_canvas()
+    player = Player.objects.create(name="still-here")
+    Connection.objects.create(channel_name="kept", canvas=canvas, server="host:1")
+    rows = {
+        "kept": (canvas.pk, None, "10.0.0.1"),
+        "swept": (canvas.pk, player.pk, "10.0.0.2"),
+    }
+    restored = services.connections_heartbeat(
+        server="host:1", channel_names=["kept", "swept", "admitting"], rows=rows
+    )
+    assert restored == 1  # "admitting" has no row yet: its admission writes it
+    swept = Connection.objects.get(channel_name="swept")
+    assert (swept.canvas_id, swept.player_id, swept.ip, swept.server) == (
+        canvas.pk,
+        player.pk,
+        "10.0.0.2",
+        "host:1",
+    )
+    assert (
+        services.connections_heartbeat(
+            server="host:1", channel_names=["kept", "swept"], rows=rows
+        )
+        == 0
+    )
+
+
 def test_heartbeat_refreshes_more_sockets_than_one_statement_binds(make_canvas):
     canvas = make_canvas()
     names = [f"socket-{i}" for i in range(services.NAMES_PER_STATEMENT * 2 + 1)]
