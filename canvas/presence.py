@@ -125,3 +125,12 @@ def _deletes() -> GroupDelete:
     for old in [old for old in _by_loop if old.is_closed()]:
         del _by_loop[old]
     return _by_loop.setdefault(loop, GroupDelete())
+
+
+def shutdown() -> None:
+    """Wait for the admission and delete threads to finish their work."""
+    global _admitting
+    if _admitting is not None:
+        _admitting.shutdown(wait=True)
+        _admitting = None
+    _deleting.submit(db.connections.close_all).result()

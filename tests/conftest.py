@@ -144,3 +144,16 @@ async def fresh_layer():
 
 
 adb = database_sync_to_async
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_threads_finish(django_db_setup):
+    """The threads that write sockets' rows hand their pooled connections
+    back before the test database is dropped."""
+    yield
+    from django import db
+
+    from canvas import presence
+
+    presence.shutdown()
+    db.connections.close_all()
