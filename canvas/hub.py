@@ -12,17 +12,17 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Protocol
 
-from asgiref.sync import sync_to_async
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django import db
 from django.conf import settings
 
-from . import broadcast, metrics, protocol, selectors, services, sockets
+from . import broadcast, metrics, presence, protocol, selectors, services, sockets
 from .protocol import Update
 
 log = logging.getLogger("canvas.hub")
@@ -52,24 +52,21 @@ _upkeep_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place-upk
 
 
 def _upkeep(func):
-    def call(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        finally:
-            # Nothing of this thread's outlives the call (a test database
-            # cannot be dropped while a session is open on it).
-            db.connections.close_all()
+    return partial(presence.call_in, _upkeep_thread, func)
 
-    return sync_to_async(call, thread_sensitive=False, executor=_upkeep_thread)
+
+def _in_background(work: Coroutine) -> None:
+    """Run `work` on its own, kept referenced until it finishes."""
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _close_later(listener: "Listener", code: int) -> None:
     """Close a socket behind an ASGI send, from synchronous code."""
     close = getattr(listener, "close", None)
     if close is not None:
-        task = asyncio.ensure_future(close(code=code))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _in_background(close(code=code))
 
 
 class Listener(Protocol):
@@ -108,17 +105,10 @@ class Hub:
     async def start(self) -> None:
         # Join before reading the seq: anything committed after the read is
         # then certain to arrive through the group.
-        try:
-            await self.rejoin_group()
-        except Exception:
-            # Redis down: sockets still open and play goes on; this canvas's
-            # changes come from the database (_watch_forever) until the
-            # layer is back, when the next rejoin subscribes.
-            broadcast.layer_error_count()
-            log.warning(
-                "channel layer unavailable; reading changes from the database",
-                exc_info=True,
-            )
+        # Redis down: sockets still open and play goes on; this canvas's
+        # changes come from the database (_watch_forever) until the layer is
+        # back, when the next rejoin subscribes.
+        await self._rejoin_logged()
         state = await database_sync_to_async(selectors.canvas_state)(
             canvas_id=self.canvas_id
         )
@@ -183,18 +173,19 @@ class Hub:
     def rejoin_soon(self) -> None:
         """Rejoin in the background, unless a rejoin is already under way: a
         Redis that hangs must not hold up the database refill that follows."""
-        if self.joining.locked():
-            return
-        task = asyncio.ensure_future(self._rejoin_logged())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        if not self.joining.locked():
+            _in_background(self._rejoin_logged())
 
     async def _rejoin_logged(self) -> None:
         try:
             await self.rejoin_group()
         except Exception as error:
             broadcast.layer_error_count()
-            log.warning("group rejoin failed; will retry: %r", error)
+            log.warning(
+                "group join failed (%r); reading changes from the database"
+                " until a rejoin works",
+                error,
+            )
 
     async def _join(self) -> None:
         if not self.channel:
@@ -229,9 +220,7 @@ class Hub:
             await self.canvas_changed()
         elif message.get("type") == broadcast.MSG_PLAYER:
             # Its own task: a database read must not hold up pixel frames.
-            task = asyncio.ensure_future(self.player_changed(message["player_id"]))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            _in_background(self.player_changed(message["player_id"]))
 
     async def canvas_changed(self) -> None:
         """Tell every socket the canvas's new settings: one read, one frame."""

@@ -44,12 +44,22 @@ def threads() -> int:
     return 1
 
 
-def _run(func, *args, **kwargs):
+def call_in(executor: ThreadPoolExecutor, func, *args, **kwargs) -> asyncio.Future:
+    """Start `func` on one of `executor`'s threads; its future, already running.
+
+    The thread's database connection goes back to the pool (or is closed)
+    after the call, as with channels' database_sync_to_async: nothing of it
+    outlives the call (a test database cannot be dropped while a session is
+    open on it). Also the hub's heartbeat thread (canvas/hub.py).
+    """
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(executor, partial(_closing, func, *args, **kwargs))
+
+
+def _closing(func, *args, **kwargs):
     try:
         return func(*args, **kwargs)
     finally:
-        # Back to the pool (or closed): nothing of this thread's outlives the
-        # call, as with channels' database_sync_to_async.
         db.connections.close_all()
 
 
@@ -62,8 +72,7 @@ def run(func, *args, **kwargs) -> asyncio.Future:
     global _admitting
     if _admitting is None:
         _admitting = ThreadPoolExecutor(threads(), thread_name_prefix="place-presence")
-    loop = asyncio.get_running_loop()
-    return loop.run_in_executor(_admitting, partial(_run, func, *args, **kwargs))
+    return call_in(_admitting, func, *args, **kwargs)
 
 
 def release(channel_name: str, after: asyncio.Future | None) -> asyncio.Future:
@@ -102,9 +111,8 @@ class GroupDelete:
             group, self.waiting = self.waiting, []
             names = [name for name, _ in group]
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    _deleting,
-                    partial(_run, services.connections_close, channel_names=names),
+                await call_in(
+                    _deleting, services.connections_close, channel_names=names
                 )
             except Exception as error:  # each socket's release logs it
                 for _, done in group:

@@ -565,21 +565,9 @@ def test_opted_in_players_hear_and_see_when_the_cooldown_ends(stack, browser, er
 def test_a_phone_pans_with_one_finger_and_pinches_to_zoom(stack, open_page):
     url = stack.servers[0].url
     page = open_page(f"{url}/c/phone/?x=32&y=32&z=4", **PHONE)
-    cdp = page.context.new_cdp_session(page)
+    touch = touch_on(page)
     box = page.locator('[data-role="board"]').bounding_box()
     cx, cy = box["width"] / 2, box["height"] / 2
-
-    def touch(kind: str, points: list[tuple[float, float]]) -> None:
-        cdp.send(
-            "Input.dispatchTouchEvent",
-            {
-                "type": kind,
-                "touchPoints": [
-                    {"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)
-                ],
-            },
-        )
-
     touch("touchStart", [(cx, cy)])
     for step in range(1, 9):
         touch("touchMove", [(cx - step * 10, cy - step * 5)])
