@@ -158,14 +158,26 @@ def chunks_read(*, canvas_id: int, keys: list[tuple[int, int]]) -> dict:
 def chunks_write(*, canvas_id: int, chunks: dict) -> None:
     table = connection.ops.quote_name(Chunk._meta.db_table)
     if connection.vendor == "postgresql":
-        sql = (
-            f"UPDATE {table} SET data = %b WHERE canvas_id = %s AND cx = %s AND cy = %s"
-        )
-        with binding_cursor() as cursor, cursor.connection.pipeline():
-            for (cx, cy), data in chunks.items():
-                # Not prepared: PgBouncer in transaction mode cannot keep
-                # prepared statements (and preparing measured no faster here).
-                cursor.execute(sql, (bytes(data), canvas_id, cx, cy), prepare=False)
+        # One UPDATE per thousand chunks, their bytes bound in binary: a group
+        # commit's ~250 chunks took 18 ms of the writer's CPU as one statement
+        # each (pipelined), 10 less this way, and no more of the database's.
+        keys = sorted(chunks)
+        with binding_cursor() as cursor:
+            for part in slices(keys, 1000):
+                cursor.execute(
+                    f"UPDATE {table} AS c SET data = v.data FROM unnest("
+                    "%b::integer[], %b::integer[], %b::bytea[]) AS v(cx, cy, data)"
+                    " WHERE c.canvas_id = %b AND c.cx = v.cx AND c.cy = v.cy",
+                    (
+                        [cx for cx, _ in part],
+                        [cy for _, cy in part],
+                        [bytes(chunks[key]) for key in part],
+                        canvas_id,
+                    ),
+                    # Not prepared: PgBouncer in transaction mode cannot keep
+                    # prepared statements.
+                    prepare=False,
+                )
         return
     with connection.cursor() as cursor:
         cursor.executemany(
