@@ -352,7 +352,19 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"repeats_quieted": {"()": "canvas.logfilters.RepeatsQuieted"}},
     "loggers": {
+        # While Redis is down, channels-redis logs a traceback a second and
+        # every publish fails: the first of each is kept, then a line a minute.
+        **{
+            name: {"filters": ["repeats_quieted"]}
+            for name in (
+                "channels_redis.pubsub",
+                "channels_redis.core",
+                "canvas.broadcast",
+                "canvas.hub",
+            )
+        },
         "canvas": {
             "handlers": ["console"],
             "level": PLACE_LOG_LEVEL,
