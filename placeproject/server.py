@@ -146,6 +146,7 @@ class PlaceServer(Server):
 
     def run(self) -> None:
         _refuse_an_unmigrated_database()
+        _sweep_dead_predecessors()
         self.endpoints = [_with_backlog(e) for e in self.endpoints]
         if self.verbosity <= 1:
             _skip_autobahn_debug_formatting()
@@ -354,6 +355,23 @@ def _refuse_an_unmigrated_database() -> None:
             connection.settings_dict.get("NAME"),
         )
         raise SystemExit(1)
+
+
+def _sweep_dead_predecessors() -> None:
+    """Drop the rows of this host's dead processes (a worker killed and
+    restarted) before serving, so online counts are right from the start rather
+    than from this process's first socket. Best effort: a database that cannot
+    be reached leaves them to the first heartbeat or the stale-row sweep."""
+    from django.db import DatabaseError, connection
+
+    from canvas.hub import sweep_dead_local_servers
+
+    try:
+        sweep_dead_local_servers()
+    except DatabaseError as error:
+        logger.warning("could not sweep dead processes' sockets: %s", error)
+    finally:
+        connection.close()
 
 
 def _skip_autobahn_debug_formatting() -> None:

@@ -194,6 +194,37 @@ def test_killed_server_leaves_no_connection_rows_and_clients_move_on(tmp_path):
         stack.stop()
 
 
+def test_a_restarted_server_drops_its_killed_predecessors_rows_at_start(tmp_path):
+    """Before its first socket arrives: online counts are right at once, not
+    after the stale time (40 s by default)."""
+    stack = make_stack(tmp_path, servers=1)
+    db = tmp_path / "live.sqlite3"
+
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM canvas_connection").fetchone()[0]
+
+    try:
+        (old,) = stack.servers
+
+        async def connect_and_kill() -> None:
+            players = [Player(old.ws) for _ in range(3)]
+            for p in players:
+                await p.__aenter__()
+            assert rows() == 3
+            stack.kill(old)
+            for p in players:
+                with contextlib.suppress(Exception):
+                    await p.__aexit__()
+
+        asyncio.run(connect_and_kill())
+        assert rows() == 3  # a SIGKILL deletes nothing
+        stack.start_server()  # returns once it answers HTTP
+        assert rows() == 0
+    finally:
+        stack.stop()
+
+
 def test_database_unreachable_gives_unavailable_then_recovers(tmp_path):
     from . import services_available as svc
 
