@@ -435,3 +435,122 @@ def test_the_launcher_listens_with_a_deep_accept_queue():
     assert srv._with_backlog("unix:/run/place.sock").endswith(":backlog=2048")
     assert srv._with_backlog("tcp:port=1:backlog=10") == "tcp:port=1:backlog=10"
     assert srv._with_backlog("fd:fileno=3") == "fd:fileno=3"  # already listening
+
+
+def test_unmask_matches_the_websocket_rule_for_every_short_length():
+    mask = b"\x9a\x01\xfe\x37"
+    for length in range(126):
+        payload = bytes((i * 37) % 256 for i in range(length))
+        expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert srv._unmask(mask, payload) == expected
+
+
+def _masked(first_byte: int, payload: bytes) -> bytes:
+    mask = b"\x05\x06\x07\x08"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    if len(payload) < 126:
+        return bytes([first_byte, 0x80 | len(payload)]) + mask + masked
+    return (
+        bytes([first_byte, 0x80 | 126])
+        + struct.pack("!H", len(payload))
+        + mask
+        + masked
+    )
+
+
+def _bad_place(size: int) -> bytes:
+    """A place request refused as bad_request, padded to `size` bytes."""
+    body = b'{"type": "place", "x": -1, "y": 0, "color": 0}'
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+@pytest.mark.live
+def test_frames_in_every_framing_get_one_answer_each(tmp_path):
+    """Small whole frames take the launcher's short road, everything else
+    autobahn's parser: split across reads, two in one read, 125 and 126 bytes,
+    fragmented, with a ping between. Each request is answered once, in order."""
+    stack = make_stack(tmp_path, servers=0)
+    try:
+        server = stack.start_server(None)
+
+        async def scenario() -> list[tuple[int, bytes]]:
+            reader, writer = await _raw_socket(server.port)
+            two = _masked(0x81, _bad_place(60)) + _masked(0x81, _bad_place(61))
+            writer.write(two)  # two whole frames in one read
+            split = _masked(0x81, _bad_place(125))
+            for i in range(len(split)):  # one byte per read
+                writer.write(split[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.002)
+            writer.write(_masked(0x81, _bad_place(126)))  # 16-bit length form
+            fragmented = _bad_place(80)
+            writer.write(
+                _masked(0x01, fragmented[:30])  # text, not final
+                + _masked(0x89, b"hi")  # a ping inside the message
+                + _masked(0x80, fragmented[30:])  # continuation, final
+            )
+            writer.write(_masked(0x81, b'{"type": "place", "x": -1}') + b"\x81")
+            await writer.drain()
+            data = b""
+            while data.count(b'"rejected"') < 6 or b"\x8a\x02hi" not in data:
+                data += await asyncio.wait_for(reader.read(65536), 10)
+            writer.close()
+            return _frames(data)
+
+        frames = asyncio.run(scenario())
+    finally:
+        stack.stop()
+    texts = [json.loads(body) for op, body in frames if op == 0x1]
+    answers = [t for t in texts if t["type"] not in ("hello", "online")]
+    # No session cookie: a whole place request is refused as login_required,
+    # the malformed last one as bad_request; one answer each, in order.
+    codes = [(a["type"], a["code"]) for a in answers]
+    assert codes == [("rejected", "login_required")] * 5 + [("rejected", "bad_request")]
+    assert (0xA, b"hi") in frames  # the ping was answered
+
+
+class Wire(srv.PlaceWebSocketProtocol):
+    """The launcher's protocol with what processData reads, and no network."""
+
+    def __init__(self, data: bytes) -> None:
+        from autobahn.websocket.protocol import TrafficStats
+
+        self.data, self.current_frame, self.inside_message = data, None, False
+        self.state, self.failedByMe = self.STATE_OPEN, False
+        self._perMessageCompress, self.logFrames, self.trackedTimings = (
+            None,
+            False,
+            None,
+        )
+        self.applyMask, self.utf8validateIncoming = True, True
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = 1 << 20
+        self.trafficStats = TrafficStats()
+        self.autoPingTimeoutCall, self.autoPingRestartOnAnyTraffic = None, True
+        self.messages: list = []
+        self.general = 0
+
+    def _onMessage(self, payload, isBinary) -> None:  # noqa: N803 (autobahn's name)
+        self.messages.append((payload, isBinary))
+
+
+def test_a_small_whole_text_frame_skips_autobahns_general_parser(monkeypatch):
+    def general(self):
+        self.general += 1
+        return False
+
+    monkeypatch.setattr(srv.WebSocketProtocol, "processData", general)
+    wire = Wire(_masked(0x81, b'{"type": "place"}') + b"\x81")
+    assert wire.processData() is True  # a partial frame follows
+    assert wire.messages == [(b'{"type": "place"}', False)] and wire.general == 0
+    assert wire.trafficStats.incomingWebSocketMessages == 1
+    assert wire.processData() is False and wire.general == 1  # partial: general
+    for other in [
+        _masked(0x81, _bad_place(126)),  # 16-bit length form
+        _masked(0x01, b"{}"),  # not final
+        _masked(0x82, b"{}"),  # binary
+        _masked(0x89, b"hi"),  # ping
+        _masked(0x81, b"\xff"),  # not UTF-8: autobahn closes with 1007
+    ]:
+        wire = Wire(other)
+        wire.processData()
+        assert wire.general == 1 and wire.messages == []
