@@ -38,5 +38,9 @@ class TooManyConnections(Exception):
     """The address already holds PLACE_MAX_CONNECTIONS_PER_IP open sockets."""
 
 
+class CanvasResized(Exception):
+    """The canvas changed size between a placement's checks and its lock."""
+
+
 class Abandoned(Exception):
     """The socket went away before its admission began (or wrote its row)."""

@@ -53,12 +53,25 @@ def placements_commit(requests: list[PlaceRequest]) -> list[Outcome]:
 
     Raises DatabaseError (nothing written) if the transaction fails.
     """
+    try:
+        return _commit_once(requests)
+    except exc.CanvasResized:
+        # A resize committed between the checks and the lock: pixels checked
+        # against the old size might not exist. Nothing was written; check the
+        # whole batch again against the new size.
+        return _commit_once(requests)
+
+
+def _commit_once(requests: list[PlaceRequest]) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(requests)
     by_canvas: dict[int, list[int]] = {}
     for index, request in enumerate(requests):
         by_canvas.setdefault(request.canvas_id, []).append(index)
     with transaction.atomic():
-        for canvas_id, indexes in by_canvas.items():
+        # Canvases locked in id order: two processes' batches that both span
+        # canvases A and B would otherwise each hold one and wait for the other.
+        for canvas_id in sorted(by_canvas):
+            indexes = by_canvas[canvas_id]
             results = _commit_canvas(canvas_id, [requests[i] for i in indexes])
             for i, outcome in zip(indexes, results, strict=True):
                 outcomes[i] = outcome
@@ -235,7 +248,9 @@ def _cooldown_error(remaining: float) -> exc.PlaceError:
 
 
 def _write(canvas, batch, winners, outcomes, now) -> None:
-    first = services.seqs_allocate(canvas_id=canvas.pk, count=len(winners))
+    first = services.seqs_allocate(
+        canvas_id=canvas.pk, count=len(winners), size=(canvas.width, canvas.height)
+    )
     changes = [(batch[i].x, batch[i].y, batch[i].color) for i in winners]
     previous = services.chunks_apply(canvas_id=canvas.pk, changes=changes)
     rows = []

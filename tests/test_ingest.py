@@ -1,11 +1,14 @@
 """Group commit (canvas/ingest.py): many placements per transaction, none unsafe."""
 
 import asyncio
+import re
+import threading
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, OperationalError, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from canvas import exceptions as exc
@@ -233,3 +236,67 @@ async def test_the_consumer_answers_unavailable_when_the_batch_fails(
     reply = await receive_type(client, "rejected")
     assert reply["code"] == "unavailable"
     await client.disconnect()
+
+
+def test_a_batch_locks_its_canvases_in_id_order(make_canvas):
+    """Two processes' batches spanning the same canvases cannot deadlock."""
+    first = make_canvas(slug="lock-a", cooldown=0)
+    second = make_canvas(slug="lock-b", cooldown=0)
+    a, b = players(2)
+    with CaptureQueriesContext(connection) as queries:
+        outcomes = ingest.placements_commit(
+            [
+                ingest.PlaceRequest(second.pk, a, 1, 1, 2),
+                ingest.PlaceRequest(first.pk, b, 1, 1, 3),
+            ]
+        )
+    assert all(isinstance(o, services.PlacementResult) for o in outcomes)
+    locked = [
+        int(m.group(1))
+        for q in queries
+        if (m := re.search(r"SET seq = seq \+ \d+ WHERE id = (\d+)", q["sql"]))
+    ]
+    assert locked == [first.pk, second.pk]
+
+
+def test_a_resize_between_a_batchs_checks_and_its_lock_is_checked_again(
+    make_canvas, monkeypatch
+):
+    """A shrink that commits while a batch is between its checks and the canvas
+    lock: the batch is checked again, so a pixel that no longer exists is
+    refused instead of failing the batch or landing outside the board."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a second writer beside an open transaction (PostgreSQL)")
+    canvas = make_canvas(slug="shrinking", width=200, height=100, cooldown=0)
+    gone, stays = players(2)
+    take = ingest._take_set_based
+    shrunk = []
+
+    def shrink() -> None:
+        services.canvas_create_or_update(slug="shrinking", width=100, height=100)
+        connection.close()
+
+    def take_then_shrink(*args, **kwargs):
+        winners = take(*args, **kwargs)
+        if not shrunk:
+            shrunk.append(True)
+            thread = threading.Thread(target=shrink)
+            thread.start()
+            thread.join(30)
+        return winners
+
+    monkeypatch.setattr(ingest, "_take_set_based", take_then_shrink)
+    outcomes = ingest.placements_commit(
+        [
+            ingest.PlaceRequest(canvas.pk, gone, 150, 50, 3),
+            ingest.PlaceRequest(canvas.pk, stays, 10, 10, 4),
+        ]
+    )
+    assert shrunk
+    assert isinstance(outcomes[0], exc.PlaceError)
+    assert outcomes[0].code == "out_of_bounds"
+    assert isinstance(outcomes[1], services.PlacementResult)
+    assert list(Placement.objects.values_list("x", "y", "color")) == [(10, 10, 4)]
+    canvas.refresh_from_db()
+    assert (canvas.width, canvas.height) == (100, 100)
+    assert selectors.pixel_info(canvas=canvas, x=10, y=10).color == 4

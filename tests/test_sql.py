@@ -55,12 +55,10 @@ def test_a_failed_chunk_write_rolls_back_and_the_connection_goes_on(make_canvas)
 
 
 def test_chunk_writes_past_one_statement_reach_every_chunk(make_canvas):
-    """PostgreSQL writes a thousand chunks per statement: 1,200 take two."""
+    """PostgreSQL writes 500 chunks per statement: 1,200 take three."""
     canvas = make_canvas(slug="many-chunks", width=64 * 40, height=64 * 30)
     chunks = {
-        (cx, cy): bytearray([(cx + cy) % 32]) * 4096
-        for cx in range(40)
-        for cy in range(30)
+        (cx, cy): bytearray([cx, cy]) * 2048 for cx in range(40) for cy in range(30)
     }
     services.chunks_write(canvas_id=canvas.pk, chunks=chunks)
     stored = {
@@ -69,7 +67,19 @@ def test_chunk_writes_past_one_statement_reach_every_chunk(make_canvas):
             "cx", "cy", "data"
         )
     }
-    assert stored == {key: bytes(data) for key, data in chunks.items()}
+    assert len(stored) == 1200
+    wrong = sorted(key for key, data in chunks.items() if stored[key] != bytes(data))
+    assert wrong == []
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_a_chunk_write_to_a_missing_row_fails_loudly(make_canvas):
+    canvas = make_canvas(slug="missing-chunk", width=64, height=64)
+    with pytest.raises(RuntimeError, match="1 of 2 chunk rows"):
+        services.chunks_write(
+            canvas_id=canvas.pk,
+            chunks={(0, 0): bytearray(4096), (5, 5): bytearray(4096)},
+        )
 
 
 @pytest.mark.usefixtures("postgres_only")

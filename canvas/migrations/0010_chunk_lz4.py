@@ -24,10 +24,14 @@ def _compression(method: str):
             cursor.execute(LZ4_AVAILABLE)
             row = cursor.fetchone()
         if not row or not row[0]:
-            return  # PostgreSQL < 14 or built without lz4: keep pglz
+            return  # PostgreSQL < 14 or built without lz4: keep the default
         table = schema_editor.quote_name(
             apps.get_model("canvas", "Chunk")._meta.db_table
         )
+        # The ALTER only changes the catalogue, but takes the table's exclusive
+        # lock: behind a long transaction it would stall every board read and
+        # write while it waits. Give up after 5 s instead (run migrate again).
+        schema_editor.execute("SET LOCAL lock_timeout = '5s'")
         schema_editor.execute(
             f"ALTER TABLE {table} ALTER COLUMN data SET COMPRESSION {method}"
         )
@@ -41,5 +45,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(_compression("lz4"), _compression("pglz")),
+        migrations.RunPython(_compression("lz4"), _compression("DEFAULT")),
     ]
