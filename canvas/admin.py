@@ -49,6 +49,18 @@ class CappedPaginator(Paginator):
         return self.object_list.order_by().values("pk")[: COUNT_CAP + 1].count()
 
 
+class CanvasListFilter(admin.RelatedFieldListFilter):
+    """The canvas filter, listed and applied even when there is one canvas.
+
+    Django hides a related filter with a single choice and then also drops
+    its parameter, so `?canvas__id__exact=1` listed every canvas's rows and
+    no (canvas, ...) index could serve the list.
+    """
+
+    def has_output(self) -> bool:
+        return True
+
+
 def _require(request: HttpRequest, perm: str) -> None:
     if not request.user.has_perm(perm):
         raise PermissionDenied
@@ -206,7 +218,7 @@ class PlacementAdmin(admin.ModelAdmin):
         "rolled_back",
         "pixel_link",
     ]
-    list_filter = ["canvas", "kind", "rolled_back"]
+    list_filter = [("canvas", CanvasListFilter), "kind", "rolled_back"]
     search_fields = ["player__name"]
     raw_id_fields = ["player"]
     # Newest first by primary key: an index every row has, with no sort on disk.
@@ -508,7 +520,7 @@ class ModerationActionAdmin(admin.ModelAdmin):
         "undone_at",
     ]
     list_display_links = ["created_at", "reason"]
-    list_filter = ["kind", "canvas", "created_at"]
+    list_filter = ["kind", ("canvas", CanvasListFilter), "created_at"]
     search_fields = ["reason", "player__name", "moderator__username"]
     readonly_fields = ["scope_described"]
     ordering = ["-created_at"]
@@ -701,7 +713,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         "connected_at",
         "last_seen",
     ]
-    list_filter = ["canvas", "server"]
+    list_filter = [("canvas", CanvasListFilter), "server"]
     raw_id_fields = ["player"]
 
 
