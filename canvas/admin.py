@@ -252,6 +252,14 @@ class PlacementAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("canvas", "player")
 
+    def get_ordering(self, request) -> list[str]:
+        # A time window is read in time order through the (canvas, placed_at)
+        # index; newest first by primary key, the database walked back over
+        # every newer row to reach the window (1-2.5 s for an hour of day 1).
+        if any(key.startswith("placed_at__") for key in request.GET):
+            return ["-placed_at", "-pk"]
+        return super().get_ordering(request)
+
     def changelist_view(self, request, extra_context=None):
         original = request.GET
         fields = [

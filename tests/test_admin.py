@@ -756,3 +756,26 @@ def test_the_canvas_filter_applies_when_there_is_only_one_canvas(
     # A canvas that is not there lists nothing, rather than everything.
     other = client.get(url, {"canvas__id__exact": canvas.pk + 1})
     assert list(other.context["cl"].result_list) == []
+
+
+def test_a_time_window_lists_newest_first_by_time(moderator, client, griefed):
+    """Ordered by placed_at, which (canvas, placed_at) serves, not by id."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    canvas, _, _ = griefed
+    first = Placement.objects.get(seq=1)
+    Placement.objects.filter(pk=first.pk).update(
+        placed_at=first.placed_at + timedelta(hours=1)
+    )
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(
+            reverse("admin:canvas_placement_changelist"),
+            {"canvas__id__exact": canvas.pk, "placed_at__gte": "2000-01-01 00:00"},
+        )
+    assert [p.seq for p in page.context["cl"].result_list] == [1, 3, 2]
+    (rows,) = list_queries(queries)
+    order = 'ORDER BY "canvas_placement"."placed_at" DESC, "canvas_placement"."id" DESC'
+    assert order in rows
