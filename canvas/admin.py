@@ -351,14 +351,13 @@ class PlacementAdmin(admin.ModelAdmin):
         description="Roll back selected placements…", permissions=["rollback"]
     )
     def rollback_selected(self, request, queryset):
-        canvases = set(queryset.values_list("canvas_id", flat=True).distinct())
-        if len(canvases) != 1:
-            self.message_user(
-                request, "Select placements of one canvas at a time.", messages.ERROR
-            )
-            return None
-        ids = list(
-            queryset.order_by("pk").values_list("pk", flat=True)[: SELECTION_MAX + 1]
+        # Neither query keeps the list's ORDER BY: with it, DISTINCT paired
+        # every canvas with every id ("Select all": millions of rows, 0.9 s
+        # for 1 M), and the ids were read in id order, not by the filter's
+        # index. The ids come first: a selection over the limit is refused
+        # before its canvases are read at all.
+        ids = sorted(
+            queryset.order_by().values_list("pk", flat=True)[: SELECTION_MAX + 1]
         )
         if len(ids) > SELECTION_MAX:
             self.message_user(
@@ -367,6 +366,14 @@ class PlacementAdmin(admin.ModelAdmin):
                 " player, time window or region instead (filter the history, then"
                 " “Roll back what this list shows…”).",
                 messages.ERROR,
+            )
+            return None
+        canvases = set(
+            queryset.order_by().values_list("canvas_id", flat=True).distinct()
+        )
+        if len(canvases) != 1:
+            self.message_user(
+                request, "Select placements of one canvas at a time.", messages.ERROR
             )
             return None
         params = {"canvas": canvases.pop()}

@@ -807,3 +807,21 @@ def test_the_moderation_filter_reads_its_own_index(griefed):
         plan = moderated.explain()
     assert "placement_moderation" in plan
     assert moderated.count() == 2
+
+
+def test_select_all_reads_the_canvases_without_the_lists_order(
+    moderator, client, griefed
+):
+    """With the list's ORDER BY id, DISTINCT canvas_id returned every row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    canvas, _, _ = griefed
+    with CaptureQueriesContext(connection) as queries:
+        response = roll_back_all_selected(client, canvas)
+    assert response.status_code == 302
+    (distinct,) = [q["sql"] for q in queries if "DISTINCT" in q["sql"]]
+    assert "ORDER BY" not in distinct
+    assert '"canvas_placement"."id"' not in distinct
+    preview = client.get(response.url).context["preview"]
+    assert preview.placements == 3
