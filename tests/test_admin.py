@@ -825,3 +825,34 @@ def test_select_all_reads_the_canvases_without_the_lists_order(
     assert '"canvas_placement"."id"' not in distinct
     preview = client.get(response.url).context["preview"]
     assert preview.placements == 3
+
+
+def test_a_capped_count_says_so_and_its_pages_end_at_the_cap(
+    moderator, client, make_canvas, monkeypatch
+):
+    """Past the cap the page says "N+", never a made-up exact count, and its
+    last page is full: the rows past the cap are reached by filtering."""
+    from canvas import admin as canvas_admin
+
+    monkeypatch.setattr(canvas_admin, "COUNT_CAP", 4)
+    monkeypatch.setattr(canvas_admin.PlacementAdmin, "list_per_page", 2)
+    canvas = make_canvas(cooldown=0)
+    painter = Player.objects.create(name="painter")
+    for x in range(6):
+        services.placement_create(
+            canvas_id=canvas.pk, player_id=painter.pk, x=x, y=0, color=3
+        )
+    url = reverse("admin:canvas_placement_changelist")
+    page = client.get(url, {"canvas__id__exact": canvas.pk})
+    text = page.content.decode()
+    assert "4+ placements" in text
+    assert "Select all 4+ placements" in text
+    assert "All 4+ selected" in text
+    assert "5 placements" not in text
+    assert "4+ results" in client.get(url, {"q": "painter"}).content.decode()
+    last = client.get(url, {"canvas__id__exact": canvas.pk, "p": 2})
+    assert [p.seq for p in last.context["cl"].result_list] == [4, 3]
+    past = client.get(url, {"canvas__id__exact": canvas.pk, "p": 3})
+    assert past.status_code == 302  # past the last page, as anywhere in admin
+    few = client.get(url, {"canvas__id__exact": canvas.pk, "x__lte": 1})
+    assert "2 placements" in few.content.decode()
