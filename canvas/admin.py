@@ -42,11 +42,40 @@ SELECTION_MAX = 10_000
 
 
 class CappedPaginator(Paginator):
-    """Counts at most COUNT_CAP + 1 rows, so a page view never counts millions."""
+    """Counts at most COUNT_CAP + 1 rows, so a page view never counts millions.
+
+    Past the cap the list has COUNT_CAP rows in whole pages and says
+    "10,000+" (the admin's templates in templates/admin/canvas/ show
+    `count_shown`): the rest is reached by narrowing the filters.
+    """
+
+    @cached_property
+    def counted(self) -> int:
+        return self.object_list.order_by().values("pk")[: COUNT_CAP + 1].count()
+
+    @property
+    def capped(self) -> bool:
+        return self.counted > COUNT_CAP
 
     @cached_property
     def count(self) -> int:
-        return self.object_list.order_by().values("pk")[: COUNT_CAP + 1].count()
+        return min(self.counted, COUNT_CAP)
+
+    @property
+    def count_shown(self) -> str:
+        return f"{COUNT_CAP:,}+" if self.capped else str(self.count)
+
+
+class CanvasListFilter(admin.RelatedFieldListFilter):
+    """The canvas filter, listed and applied even when there is one canvas.
+
+    Django hides a related filter with a single choice and then also drops
+    its parameter, so `?canvas__id__exact=1` listed every canvas's rows and
+    no (canvas, ...) index could serve the list.
+    """
+
+    def has_output(self) -> bool:
+        return True
 
 
 def _require(request: HttpRequest, perm: str) -> None:
@@ -206,7 +235,7 @@ class PlacementAdmin(admin.ModelAdmin):
         "rolled_back",
         "pixel_link",
     ]
-    list_filter = ["canvas", "kind", "rolled_back"]
+    list_filter = [("canvas", CanvasListFilter), "kind", "rolled_back"]
     search_fields = ["player__name"]
     raw_id_fields = ["player"]
     # Newest first by primary key: an index every row has, with no sort on disk.
@@ -239,6 +268,14 @@ class PlacementAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("canvas", "player")
+
+    def get_ordering(self, request) -> list[str]:
+        # A time window is read in time order through the (canvas, placed_at)
+        # index; newest first by primary key, the database walked back over
+        # every newer row to reach the window (1-2.5 s for an hour of day 1).
+        if any(key.startswith("placed_at__") for key in request.GET):
+            return ["-placed_at", "-pk"]
+        return super().get_ordering(request)
 
     def changelist_view(self, request, extra_context=None):
         original = request.GET
@@ -331,14 +368,13 @@ class PlacementAdmin(admin.ModelAdmin):
         description="Roll back selected placements…", permissions=["rollback"]
     )
     def rollback_selected(self, request, queryset):
-        canvases = set(queryset.values_list("canvas_id", flat=True).distinct())
-        if len(canvases) != 1:
-            self.message_user(
-                request, "Select placements of one canvas at a time.", messages.ERROR
-            )
-            return None
-        ids = list(
-            queryset.order_by("pk").values_list("pk", flat=True)[: SELECTION_MAX + 1]
+        # Neither query keeps the list's ORDER BY: with it, DISTINCT paired
+        # every canvas with every id ("Select all": millions of rows, 0.9 s
+        # for 1 M), and the ids were read in id order, not by the filter's
+        # index. The ids come first: a selection over the limit is refused
+        # before its canvases are read at all.
+        ids = sorted(
+            queryset.order_by().values_list("pk", flat=True)[: SELECTION_MAX + 1]
         )
         if len(ids) > SELECTION_MAX:
             self.message_user(
@@ -347,6 +383,14 @@ class PlacementAdmin(admin.ModelAdmin):
                 " player, time window or region instead (filter the history, then"
                 " “Roll back what this list shows…”).",
                 messages.ERROR,
+            )
+            return None
+        canvases = set(
+            queryset.order_by().values_list("canvas_id", flat=True).distinct()
+        )
+        if len(canvases) != 1:
+            self.message_user(
+                request, "Select placements of one canvas at a time.", messages.ERROR
             )
             return None
         params = {"canvas": canvases.pop()}
@@ -508,7 +552,7 @@ class ModerationActionAdmin(admin.ModelAdmin):
         "undone_at",
     ]
     list_display_links = ["created_at", "reason"]
-    list_filter = ["kind", "canvas", "created_at"]
+    list_filter = ["kind", ("canvas", CanvasListFilter), "created_at"]
     search_fields = ["reason", "player__name", "moderator__username"]
     readonly_fields = ["scope_described"]
     ordering = ["-created_at"]
@@ -701,7 +745,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         "connected_at",
         "last_seen",
     ]
-    list_filter = ["canvas", "server"]
+    list_filter = [("canvas", CanvasListFilter), "server"]
     raw_id_fields = ["player"]
 
 

@@ -302,6 +302,29 @@ def test_preview_matches_the_rollback_and_writes_nothing(make_canvas, players, r
     assert (action.placements_count, action.pixels_count) == (2, 1)
 
 
+def test_preview_looks_up_each_pixel_once_however_many_placements_hit_it(
+    make_canvas, players, run
+):
+    """The newest surviving colour is looked up per distinct pixel, not per
+    placement: DISTINCT runs in a subquery the lookup reads from."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    canvas = make_canvas(cooldown=0)
+    alice, bob, _ = players
+    place(run, canvas, bob, 1, 1, 3)
+    for color in (5, 6, 7):
+        place(run, canvas, alice, 1, 1, color)
+    canvas.refresh_from_db()
+    with CaptureQueriesContext(connection) as queries:
+        preview = moderation.rollback_preview(
+            canvas=canvas, scope=Scope(player_ids=(alice.pk,))
+        )
+    assert preview.changes == [(1, 1, 3)]
+    (plan,) = [q["sql"] for q in queries if "COALESCE" in q["sql"]]
+    assert plan.index("COALESCE") < plan.index("SELECT DISTINCT")
+
+
 @pytest.mark.parametrize(
     "scope, message",
     [
