@@ -48,21 +48,12 @@ class PlaceRequest:
 Outcome = services.PlacementResult | exc.PlaceError
 
 
+@services.checked_again_if_resized
 def placements_commit(requests: list[PlaceRequest]) -> list[Outcome]:
     """Commit a batch in one transaction; return one outcome per request, in order.
 
     Raises DatabaseError (nothing written) if the transaction fails.
     """
-    try:
-        return _commit_once(requests)
-    except exc.CanvasResized:
-        # A resize committed between the checks and the lock: pixels checked
-        # against the old size might not exist. Nothing was written; check the
-        # whole batch again against the new size.
-        return _commit_once(requests)
-
-
-def _commit_once(requests: list[PlaceRequest]) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(requests)
     by_canvas: dict[int, list[int]] = {}
     for index, request in enumerate(requests):

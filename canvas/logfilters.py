@@ -15,7 +15,8 @@ WINDOW_SECONDS = 60.0
 
 
 class RepeatsQuieted(logging.Filter):
-    """Pass a message's first record; then at most one line per window."""
+    """Pass a warning's or error's first record; then at most one line per
+    window. Lower levels pass untouched."""
 
     def __init__(
         self,
@@ -29,6 +30,8 @@ class RepeatsQuieted(logging.Filter):
         self.seen: dict[tuple[str, str], list] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # events and progress lines are not failures
         key = (record.name, str(record.msg))
         now = self.clock()
         state = self.seen.get(key)

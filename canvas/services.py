@@ -1,5 +1,6 @@
 """Writes: canvases, players and placements, each atomic and typed."""
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -209,6 +210,21 @@ def chunks_apply(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list
         data[offset] = color
     chunks_write(canvas_id=canvas_id, chunks=chunks)
     return previous
+
+
+def checked_again_if_resized(func):
+    """Run `func` once more if a resize committed between its checks and its
+    canvas lock (seqs_allocate's CanvasResized; its transaction wrote nothing):
+    pixels checked against the old size might not exist any more."""
+
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except exc.CanvasResized:
+            return func(*args, **kwargs)
+
+    return call
 
 
 def seqs_allocate(
@@ -425,6 +441,7 @@ def placement_check(*, canvas: Canvas, x: int, y: int, color: int) -> None:
         raise exc.PlaceError("invalid_color", exc.MSG_INVALID_COLOR)
 
 
+@checked_again_if_resized
 def placement_create(
     *,
     canvas_id: int,

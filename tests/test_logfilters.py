@@ -86,3 +86,12 @@ def test_settings_attach_it_to_channels_redis_loggers():
     ):
         filters = logging.getLogger(name).filters
         assert any(isinstance(f, RepeatsQuieted) for f in filters), name
+
+
+def test_lines_below_warning_are_never_held_back():
+    quiet = RepeatsQuieted(window=60, clock=Clock())
+    for _ in range(3):
+        info = logging.LogRecord(
+            "canvas.hub", logging.INFO, __file__, 1, "refilled %d changes", (5,), None
+        )
+        assert quiet.filter(info)

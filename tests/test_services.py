@@ -273,3 +273,19 @@ def test_a_generated_name_already_taken_is_generated_again(db, settings):
     assert player.name.startswith("anon-") and len(player.name) == 11
     assert player.name not in {taken, services.anonymous_name(key, 1)}
     assert Player.objects.filter(name=player.name).count() == 1
+
+
+def test_a_single_placement_is_checked_again_after_a_resize():
+    """The per-placement path retries like the group commit (test_ingest.py
+    races a real resize): CanvasResized once, then the second run's answer."""
+    calls = []
+
+    @services.checked_again_if_resized
+    def attempt():
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc.CanvasResized
+        return "checked again"
+
+    assert attempt() == "checked again" and len(calls) == 2
+    assert getattr(services.placement_create, "__wrapped__", None) is not None
