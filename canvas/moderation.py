@@ -69,10 +69,22 @@ MSG_BAD_WINDOW = "“since” is later than “until”: that window holds no pl
 MSG_NOT_ROLLBACK = "Only a rollback can be undone."
 MSG_ALREADY_UNDONE = "That rollback has already been undone."
 MSG_REASON_REQUIRED = "Give a reason; it is kept with the action."
+MAX_REASON = ModerationAction._meta.get_field("reason").max_length
+MSG_REASON_TOO_LONG = f"Keep the reason to {MAX_REASON} characters."
 
 
 class ModerationError(Exception):
     """A moderation request that cannot be carried out, with a message to show."""
+
+
+def _reason_check(reason: str) -> None:
+    """Refuse a blank reason, or one longer than the audit row keeps."""
+    if not reason.strip():
+        raise ModerationError(MSG_REASON_REQUIRED)
+    # Checked here, not by the database: PostgreSQL would fail mid-way with a
+    # bare DataError, and SQLite would keep it whole.
+    if len(reason) > MAX_REASON:
+        raise ModerationError(MSG_REASON_TOO_LONG)
 
 
 @dataclass(frozen=True)
@@ -518,8 +530,7 @@ def placements_rollback(
     unsaved (pk None, counts 0): a rollback that marked nothing would still
     hold its scope, so undoing an earlier rollback would then restore nothing.
     """
-    if not reason.strip():
-        raise ModerationError(MSG_REASON_REQUIRED)
+    _reason_check(reason)
     canvas = Canvas.objects.get(pk=canvas_id)
     _scope_check(canvas=canvas, scope=scope)
     # Placements made after this point are not in scope, however long this takes.
@@ -580,8 +591,7 @@ def rollback_undo(
 
     A placement another active rollback also covers stays rolled back.
     """
-    if not reason.strip():
-        raise ModerationError(MSG_REASON_REQUIRED)
+    _reason_check(reason)
     with transaction.atomic():
         action = ModerationAction.objects.select_for_update().get(pk=action_id)
         if action.kind != ModerationAction.KIND_ROLLBACK:
@@ -667,8 +677,7 @@ def player_ban(
     Placements check the ban in the database, so open sockets are refused at once.
     The returned ban's `rollbacks` lists the rollbacks it recorded.
     """
-    if not reason.strip():
-        raise ModerationError(MSG_REASON_REQUIRED)
+    _reason_check(reason)
     # Checked before anything is written: the rollback runs after the ban commits.
     if duration is not None and not timedelta(0) < duration <= MAX_HOURS_DELTA:
         raise ModerationError(MSG_BAD_HOURS)
@@ -722,8 +731,7 @@ def _tell_player(player_id: int) -> None:
 def player_unban(
     *, player_id: int, reason: str, moderator_id: int | None = None
 ) -> ModerationAction:
-    if not reason.strip():
-        raise ModerationError(MSG_REASON_REQUIRED)
+    _reason_check(reason)
     with transaction.atomic():
         Player.objects.filter(pk=player_id).update(banned_until=None, ban_reason="")
         _tell_player(player_id)
@@ -740,8 +748,7 @@ def canvas_set_open(
     *, canvas_id: int, is_open: bool, reason: str, moderator_id: int | None = None
 ) -> ModerationAction:
     """Pause or resume a canvas; placements are refused with canvas_closed at once."""
-    if not reason.strip():
-        raise ModerationError(MSG_REASON_REQUIRED)
+    _reason_check(reason)
     with transaction.atomic():
         Canvas.objects.filter(pk=canvas_id).update(is_open=is_open)
         action = ModerationAction.objects.create(
@@ -764,8 +771,7 @@ def canvas_set_cooldown(
     moderator_id: int | None = None,
 ) -> ModerationAction:
     """Change the cooldown; running cooldowns longer than the new one are shortened."""
-    if not reason.strip():
-        raise ModerationError(MSG_REASON_REQUIRED)
+    _reason_check(reason)
     if not 0 <= cooldown_seconds <= services.MAX_COOLDOWN:
         raise ModerationError(MSG_BAD_COOLDOWN)
     now = timezone.now()

@@ -61,6 +61,13 @@ def test_several_users_and_a_time_window(griefed):
     assert out == "3 placements rolled back, 2 pixels changed\n"
 
 
+def test_a_reason_too_long_to_keep_is_an_error_and_changes_nothing(griefed):
+    with pytest.raises(CommandError, match="Keep the reason to 500 characters"):
+        rollback("main2", "--user", "alice", "--reason", "r" * 501)
+    assert not ModerationAction.objects.exists()
+    assert not Placement.objects.filter(rolled_back=True).exists()
+
+
 def test_window_before_any_placement_rolls_back_nothing(griefed):
     out = rollback("main2", "--until", "2001-01-01T00:00:00Z")
     assert out == "0 placements rolled back, 0 pixels changed\n"

@@ -348,6 +348,31 @@ def test_a_reason_is_required(make_canvas, run):
     assert str(error.value) == moderation.MSG_REASON_REQUIRED
 
 
+def test_a_reason_longer_than_the_audit_row_keeps_is_refused(make_canvas, players, run):
+    canvas = make_canvas(cooldown=0)
+    alice = players[0]
+    place(run, canvas, alice, 0, 0, 5)
+    too_long = "r" * (moderation.MAX_REASON + 1)
+    calls = [
+        (
+            moderation.placements_rollback,
+            {"canvas_id": canvas.pk, "scope": Scope(region=(0, 0, 1, 1))},
+        ),
+        (moderation.player_ban, {"player_id": alice.pk}),
+        (moderation.canvas_set_open, {"canvas_id": canvas.pk, "is_open": False}),
+    ]
+    for function, kwargs in calls:
+        with pytest.raises(moderation.ModerationError) as error:
+            run(function, reason=too_long, **kwargs)
+        assert str(error.value) == moderation.MSG_REASON_TOO_LONG
+    assert not ModerationAction.objects.exists()
+    assert not Placement.objects.filter(rolled_back=True).exists()
+    alice.refresh_from_db()
+    assert alice.banned_until is None
+    action = rollback(run, canvas, Scope(region=(0, 0, 1, 1)), reason=too_long[1:])
+    assert action.reason == too_long[1:]
+
+
 def test_rollback_in_many_batches_equals_one_batch(
     make_canvas, players, run, monkeypatch
 ):
