@@ -61,6 +61,19 @@ def test_several_users_and_a_time_window(griefed):
     assert out == "3 placements rolled back, 2 pixels changed\n"
 
 
+@pytest.mark.parametrize("users", [["alice,bob"], ["alice, bob"], ["alice bob"]])
+def test_users_listed_with_commas_or_spaces_in_one_argument(griefed, users):
+    out = rollback("main2", "--user", *users, "--dry-run")
+    assert out == "would roll back 3 placements, change 2 pixels\n"
+
+
+@pytest.mark.parametrize("users", [[""], [","], ["alice", " "]])
+def test_an_empty_user_is_an_error_not_every_player(griefed, users):
+    with pytest.raises(CommandError, match="--user needs a player name"):
+        rollback("main2", "--user", *users, "--region", "0", "0", "1", "0")
+    assert not ModerationAction.objects.exists()
+
+
 def test_a_reason_too_long_to_keep_is_an_error_and_changes_nothing(griefed):
     with pytest.raises(CommandError, match="Keep the reason to 500 characters"):
         rollback("main2", "--user", "alice", "--reason", "r" * 501)

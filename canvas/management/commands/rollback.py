@@ -12,6 +12,7 @@ from canvas.moderation_selectors import PlayerLookupError, players_resolve
 from canvas.selectors import canvas_get
 
 DEFAULT_REASON = "manage.py rollback"
+MSG_EMPTY_USER = "--user needs a player name or #ID"
 
 
 def instant(text: str) -> datetime:
@@ -39,8 +40,9 @@ class Command(BaseCommand):
             default=[],
             metavar="NAME",
             help=(
-                "player name (or #ID); repeat or list several. A name that"
-                " several players share is refused: give #ID instead"
+                "player name (or #ID); repeat, or list several separated by"
+                " spaces or commas. A name that several players share is"
+                " refused: give #ID instead"
             ),
         )
         parser.add_argument("--since", type=instant, help="ISO 8601, inclusive")
@@ -85,7 +87,13 @@ class Command(BaseCommand):
         )
 
     def player_ids(self, names: list[str]) -> tuple[int, ...]:
+        # Names never hold commas or spaces, so "a,b" and "a b" list two players,
+        # as in admin's players box. An empty one is refused, not dropped: dropping
+        # it would widen the scope to every player.
+        tokens = [token for name in names for token in name.replace(",", " ").split()]
+        if any(not name.replace(",", " ").strip() for name in names):
+            raise CommandError(MSG_EMPTY_USER)
         try:
-            return players_resolve(tokens=names)
+            return players_resolve(tokens=tokens)
         except PlayerLookupError as error:
             raise CommandError(str(error)) from None
