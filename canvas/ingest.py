@@ -341,21 +341,28 @@ class Batcher:
             outcomes = [error] * len(items)
         self.batches += 1
         metrics.ingest_batch(size=len(items), seconds=time.perf_counter() - started)
+        # One hand-back per event loop, not per placement: each
+        # call_soon_threadsafe writes to the loop's wake-up pipe, a system call
+        # apiece (hundreds a batch) on the thread that should be committing.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for (request, loop, future), outcome in zip(items, outcomes, strict=True):
             _log_outcome(request, outcome)
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, results in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_resolve, future, outcome)
+                loop.call_soon_threadsafe(_resolve_all, results)
             except RuntimeError:  # that loop has closed; nobody is waiting
                 pass
 
 
-def _resolve(future: asyncio.Future, outcome) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _resolve_all(results: list[tuple[asyncio.Future, object]]) -> None:
+    for future, outcome in results:
+        if future.done():  # its submitter was cancelled (the socket went)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 def _log_outcome(request: PlaceRequest, outcome) -> None:

@@ -195,6 +195,48 @@ async def test_cooldown_still_holds_across_batches(canvas):
     assert first.seq == 1 and refused.value.code == "cooldown"
 
 
+async def test_one_batch_answers_submitters_on_every_event_loop(canvas):
+    """Results go back once per loop per batch: each submitter still gets its
+    own, on its own loop, and one whose socket went (cancelled) is skipped
+    without stopping the rest."""
+    ids = await adb(players)(6)
+    before = ingest.batcher.batches
+    elsewhere: list = []
+
+    def other_loop() -> None:
+        async def place() -> list:
+            return await submit_all(
+                [
+                    ingest.PlaceRequest(canvas.pk, p, 50 + i, 1, 5)
+                    for i, p in enumerate(ids[3:])
+                ]
+            )
+
+        elsewhere.extend(asyncio.run(place()))
+
+    thread = threading.Thread(target=other_loop)
+    thread.start()
+    gone = asyncio.ensure_future(
+        ingest.batcher.submit(ingest.PlaceRequest(canvas.pk, ids[0], 9, 9, 1))
+    )
+    here = asyncio.ensure_future(
+        submit_all(
+            [ingest.PlaceRequest(canvas.pk, p, i, 0, 4) for i, p in enumerate(ids[1:3])]
+        )
+    )
+    await asyncio.sleep(0.05)  # queued, the batch's window still open
+    gone.cancel()
+    mine = await here
+    await asyncio.get_running_loop().run_in_executor(None, thread.join)
+    assert ingest.batcher.batches == before + 1
+    assert [(r.seq > 0) for r in mine] == [True, True]
+    assert [(r.seq > 0) for r in elsewhere] == [True, True, True]
+    seqs = sorted(r.seq for r in [*mine, *elsewhere])
+    # The cancelled one was committed too (its socket just never hears of it).
+    assert len(seqs) == 5 and await adb(Placement.objects.count)() == 6
+    assert gone.cancelled()
+
+
 async def test_a_database_failure_fails_the_whole_batch_and_writes_nothing(
     canvas, monkeypatch
 ):
