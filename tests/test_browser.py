@@ -1072,3 +1072,28 @@ def test_the_palette_is_one_tab_stop_with_arrow_keys_inside(stack, open_page):
     assert swatch.get_attribute("aria-checked") == "false"
     page.locator('[data-color="7"]').click()
     assert page.locator('[data-color="7"]').get_attribute("aria-checked") == "false"
+
+
+def test_a_page_opened_without_a_view_shows_exactly_the_view_its_address_names(
+    stack, open_page
+):
+    """The fitted zoom of a big canvas is no round number: the page opens at the
+    zoom the address says (two decimals), not the fraction it fitted, so a click
+    far from the centre lands on the pixel the address puts there."""
+    url = stack.servers[0].url
+    stack.manage(
+        "createcanvas", "fit", "--width", "1000", "--height", "1000", "--cooldown", "0"
+    )
+    page = open_page(f"{url}/c/fit/")
+    x, y, z = wait_view(page)
+    assert z < 1
+    page.locator('[data-color="12"]').click()
+    # About 250 screen pixels right of and 150 above the centre.
+    target = (int(x) + round(250 / z), int(y) - round(150 / z))
+    click_pixel(page, *target)
+    deadline = time.monotonic() + 5
+    while 12 not in board_bytes(url, "fit") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    board = board_bytes(url, "fit")
+    placed = [(i % 1000, i // 1000) for i, c in enumerate(board) if c == 12]
+    assert placed == [target]
