@@ -1097,3 +1097,37 @@ def test_a_page_opened_without_a_view_shows_exactly_the_view_its_address_names(
     board = board_bytes(url, "fit")
     placed = [(i % 1000, i // 1000) for i, c in enumerate(board) if c == 12]
     assert placed == [target]
+
+
+def test_a_visitor_on_a_small_phone_sees_the_palette_and_inspector_in_full(
+    tmp_path, open_page
+):
+    """320 px wide, login required: the eight swatches a row fit on the screen,
+    and the inspector opens above the toolbar (taller by the join hint) rather
+    than under it, with a close button a finger can hit."""
+    stack = make_stack(tmp_path, env={"PLACE_REQUIRE_LOGIN": "true"})
+    page = None
+    try:
+        stack.manage("createcanvas", "s", "--width", "32", "--height", "32")
+        url = stack.servers[0].url
+        small = PHONE | {"viewport": {"width": 320, "height": 568}}
+        page = open_page(f"{url}/c/s/?x=16&y=16&z=8", **small)
+        assert page.locator(".join").is_visible()
+        for swatch in page.locator("[data-color]").all():
+            box = swatch.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 320
+            assert box["width"] >= 30 and box["height"] >= 30, "big enough to tap"
+        page.touchscreen.tap(*screen_point(page, 16, 16))
+        inspector = page.locator('[data-role="inspector"]')
+        inspector.wait_for(state="visible")
+        shown = inspector.bounding_box()
+        toolbar = page.locator(".toolbar").bounding_box()
+        assert shown["y"] + shown["height"] <= toolbar["y"]
+        close = inspector.get_by_role("button", name="Close the inspector")
+        assert min(close.bounding_box()["width"], close.bounding_box()["height"]) >= 40
+        close.tap()
+        inspector.wait_for(state="hidden")
+    finally:
+        if page:
+            page.close()
+        stack.stop()

@@ -663,6 +663,15 @@
   inspectorEl.querySelector('.close').addEventListener('click', function () {
     inspectorEl.hidden = true;
   });
+  // On a phone the inspector sits just above the toolbar, whose height varies
+  // (the join hint for visitors, a wrapped readout): CSS reads it from here.
+  const toolbarEl = document.querySelector('.toolbar');
+  function measureToolbar() {
+    const h = toolbarEl.getBoundingClientRect().height;
+    document.documentElement.style.setProperty('--toolbar-height', h + 'px');
+  }
+  if (window.ResizeObserver) new ResizeObserver(measureToolbar).observe(toolbarEl);
+  measureToolbar();
 
   // ---- palette: a radio group of colour buttons, one tab stop (roving
   // tabindex); arrow keys, Home and End move between them, Space or Enter
