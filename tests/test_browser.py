@@ -337,7 +337,10 @@ def test_zoom_and_pan_change_the_view_and_the_address_restores_it(
 
 def test_keyboard_pans_and_zooms(stack, open_page):
     page = open_page(f"{stack.servers[0].url}/c/zoom/?x=32&y=32&z=8")
-    page.locator('[data-role="board"]').focus()
+    # Screen readers find the board by its role and name, and pass it the keys.
+    board = page.get_by_role("application", name="The canvas")
+    assert board.get_attribute("data-role") == "board"
+    board.focus()
     page.keyboard.press("+")
     wait_view(page, lambda v: v[2] > 8)
     page.keyboard.press("ArrowRight")
