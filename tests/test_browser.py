@@ -337,7 +337,10 @@ def test_zoom_and_pan_change_the_view_and_the_address_restores_it(
 
 def test_keyboard_pans_and_zooms(stack, open_page):
     page = open_page(f"{stack.servers[0].url}/c/zoom/?x=32&y=32&z=8")
-    page.locator('[data-role="board"]').focus()
+    # Screen readers find the board by its role and name, and pass it the keys.
+    board = page.get_by_role("application", name="The canvas")
+    assert board.get_attribute("data-role") == "board"
+    board.focus()
     page.keyboard.press("+")
     wait_view(page, lambda v: v[2] > 8)
     page.keyboard.press("ArrowRight")
@@ -1072,3 +1075,62 @@ def test_the_palette_is_one_tab_stop_with_arrow_keys_inside(stack, open_page):
     assert swatch.get_attribute("aria-checked") == "false"
     page.locator('[data-color="7"]').click()
     assert page.locator('[data-color="7"]').get_attribute("aria-checked") == "false"
+
+
+def test_a_page_opened_without_a_view_shows_exactly_the_view_its_address_names(
+    stack, open_page
+):
+    """The fitted zoom of a big canvas is no round number: the page opens at the
+    zoom the address says (two decimals), not the fraction it fitted, so a click
+    far from the centre lands on the pixel the address puts there."""
+    url = stack.servers[0].url
+    stack.manage(
+        "createcanvas", "fit", "--width", "1000", "--height", "1000", "--cooldown", "0"
+    )
+    page = open_page(f"{url}/c/fit/")
+    x, y, z = wait_view(page)
+    assert z < 1
+    page.locator('[data-color="12"]').click()
+    # About 250 screen pixels right of and 150 above the centre.
+    target = (int(x) + round(250 / z), int(y) - round(150 / z))
+    click_pixel(page, *target)
+    deadline = time.monotonic() + 5
+    while 12 not in board_bytes(url, "fit") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    board = board_bytes(url, "fit")
+    placed = [(i % 1000, i // 1000) for i, c in enumerate(board) if c == 12]
+    assert placed == [target]
+
+
+def test_a_visitor_on_a_small_phone_sees_the_palette_and_inspector_in_full(
+    tmp_path, open_page
+):
+    """320 px wide, login required: the eight swatches a row fit on the screen,
+    and the inspector opens above the toolbar (taller by the join hint) rather
+    than under it, with a close button a finger can hit."""
+    stack = make_stack(tmp_path, env={"PLACE_REQUIRE_LOGIN": "true"})
+    page = None
+    try:
+        stack.manage("createcanvas", "s", "--width", "32", "--height", "32")
+        url = stack.servers[0].url
+        small = PHONE | {"viewport": {"width": 320, "height": 568}}
+        page = open_page(f"{url}/c/s/?x=16&y=16&z=8", **small)
+        assert page.locator(".join").is_visible()
+        for swatch in page.locator("[data-color]").all():
+            box = swatch.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 320
+            assert box["width"] >= 30 and box["height"] >= 30, "big enough to tap"
+        page.touchscreen.tap(*screen_point(page, 16, 16))
+        inspector = page.locator('[data-role="inspector"]')
+        inspector.wait_for(state="visible")
+        shown = inspector.bounding_box()
+        toolbar = page.locator(".toolbar").bounding_box()
+        assert shown["y"] + shown["height"] <= toolbar["y"]
+        close = inspector.get_by_role("button", name="Close the inspector")
+        assert min(close.bounding_box()["width"], close.bounding_box()["height"]) >= 40
+        close.tap()
+        inspector.wait_for(state="hidden")
+    finally:
+        if page:
+            page.close()
+        stack.stop()

@@ -296,6 +296,16 @@ def test_login_and_logout(client, canvas):
     assert not client.get("/c/test/").context["user"].is_authenticated
 
 
+def test_a_wrong_password_is_explained_once(client, canvas):
+    get_user_model().objects.create_user("frank", password="a-long-pass-123")
+    response = client.post("/accounts/login/", {"username": "frank", "password": "no"})
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert page.count('role="alert"') == 1
+    assert "Please enter a correct username" not in page
+    assert 'name="username"' in page and 'name="password"' in page
+
+
 def test_while_the_database_is_away_the_api_says_503_in_json_and_pages_say_why(
     client, canvas, monkeypatch
 ):

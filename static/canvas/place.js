@@ -154,13 +154,16 @@
     clearTimeout(settleTimer);
     settleTimer = setTimeout(settle, 150);
   }
+  // The view the address can name: centred on a pixel, the zoom to two
+  // decimals (rounded up rather than below the minimum).
+  function restingView() {
+    let z = Math.round(cam.z * 100) / 100;
+    if (z < minZoom()) z = Math.ceil(cam.z * 100) / 100;
+    return { cx: Math.floor(cam.cx) + 0.5, cy: Math.floor(cam.cy) + 0.5, z: Math.min(MAX_ZOOM, z) };
+  }
   function settle() {
     if (interacting) { settleTimer = setTimeout(settle, 150); return; }
-    settleTarget = {
-      cx: Math.floor(cam.cx) + 0.5,
-      cy: Math.floor(cam.cy) + 0.5,
-      z: Math.round(cam.z * 100) / 100,
-    };
+    settleTarget = restingView();
     needsDraw = true;
   }
   function stepSettle() {
@@ -660,6 +663,15 @@
   inspectorEl.querySelector('.close').addEventListener('click', function () {
     inspectorEl.hidden = true;
   });
+  // On a phone the inspector sits just above the toolbar, whose height varies
+  // (the join hint for visitors, a wrapped readout): CSS reads it from here.
+  const toolbarEl = document.querySelector('.toolbar');
+  function measureToolbar() {
+    const h = toolbarEl.getBoundingClientRect().height;
+    document.documentElement.style.setProperty('--toolbar-height', h + 'px');
+  }
+  if (window.ResizeObserver) new ResizeObserver(measureToolbar).observe(toolbarEl);
+  measureToolbar();
 
   // ---- palette: a radio group of colour buttons, one tab stop (roving
   // tabindex); arrow keys, Home and End move between them, Space or Enter
@@ -826,12 +838,15 @@
   $('reset').addEventListener('click', resetView);
   $('zoom-in').addEventListener('click', function () { zoomCentre(2); });
   $('zoom-out').addEventListener('click', function () { zoomCentre(0.5); });
-  window.addEventListener('resize', function () { sizeView(); clampCam(); });
+  // A new size may change the zoom limits: settle, so the address follows.
+  window.addEventListener('resize', function () { sizeView(); clampCam(); cameraChanged(); });
 
   // ---- start ----
   resizeBoard(width, height);
   sizeView();
   if (!readUrl()) { cam.cx = width / 2; cam.cy = height / 2; cam.z = fitZoom(); clampCam(); }
+  // Open exactly at the view the address names, not a fraction away from it.
+  Object.assign(cam, restingView());
   writeUrl();
   select(null);
   showAlerts();
