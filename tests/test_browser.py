@@ -277,6 +277,31 @@ def test_cooldown_counts_down_on_the_page_and_in_the_title(stack, open_page):
     assert not re.search(r"\d:\d\d", page.title())
 
 
+def test_a_double_click_places_once_without_a_refusal(stack, open_page):
+    page = open_page(f"{stack.servers[0].url}/c/t/?x=32&y=32&z=8")
+    sent = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framesent", lambda payload: sent.append(payload)),
+    )
+    page.reload()  # so the socket opens with the listener in place
+    wait_live(page)
+    page.locator('[data-color="4"]').click()
+    px, py = screen_point(page, 44, 41)
+    page.mouse.dblclick(px, py)
+    cooldown = page.locator('[data-role="cooldown"]')
+    page.wait_for_function(
+        "el => /0:0[23]/.test(el.textContent)", arg=cooldown.element_handle()
+    )
+    page.wait_for_timeout(300)
+    assert [p for p in sent if '"place"' in str(p)] == [
+        '{"type":"place","x":44,"y":41,"color":4}'
+    ]
+    toast = page.locator(".toast")
+    assert not toast.is_visible() or "Not yet" not in toast.inner_text()
+    assert board_bytes(stack.servers[0].url, "t")[41 * 64 + 44] == 4
+
+
 def test_zoom_and_pan_change_the_view_and_the_address_restores_it(
     stack, open_page, browser
 ):

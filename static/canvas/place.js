@@ -570,6 +570,7 @@
         if (tabs) tabs.postMessage({ user: me, until: cooldownEnds });
         break;
       case 'rejected':
+        lastPlace = null; // refused: the same click again is a new try
         if (msg.retry_after !== null && msg.code === 'cooldown') setCooldown(msg.retry_after);
         if (msg.code === 'banned' && !banned) setBanned(true, null, msg.message);
         if (msg.code === 'canvas_closed') { paused = true; tickCooldown(); }
@@ -612,6 +613,8 @@
     }
   }
 
+  const REPEAT_MS = 1000; // a second click of the same pixel within this is a repeat
+  let lastPlace = null;
   function place(x, y) {
     if (selected === null) { showMessage('Pick a colour first.', 'info'); return; }
     if (!identified) {
@@ -622,8 +625,15 @@
       showMessage('Not connected; reconnecting…', 'info');
       return;
     }
-    const left = cooldownEnds - Date.now();
+    // A double click or tap asks once: the second of the same pixel and
+    // colour within a second repeats the request rather than making a new one,
+    // so it is dropped quietly instead of drawing a cooldown refusal.
+    const now = Date.now();
+    if (lastPlace && lastPlace.x === x && lastPlace.y === y &&
+        lastPlace.color === selected && now - lastPlace.at < REPEAT_MS) return;
+    const left = cooldownEnds - now;
     if (left > 0) { showMessage('Not yet: you can place again in ' + clock(left) + '.'); return; }
+    lastPlace = { x: x, y: y, color: selected, at: now };
     socket.send(JSON.stringify({ type: 'place', x: x, y: y, color: selected }));
   }
 
