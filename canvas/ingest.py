@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import BooleanField, Count, Q
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
@@ -31,6 +31,9 @@ from .models import Canvas, Cooldown, Placement, Player
 from .sql import slices, sql_in
 
 log = logging.getLogger("canvas.ingest")
+# How long a group whose connection was cut waits for a working one before it
+# gives up and answers `unavailable` (see _connection_lost).
+RETRY_WAIT = 1.0
 # One key=value line per placement and refusal; route or silence it on its own.
 events = logging.getLogger("canvas.placements")
 
@@ -49,16 +52,23 @@ Outcome = services.PlacementResult | exc.PlaceError
 
 
 @services.checked_again_if_resized
-def placements_commit(requests: list[PlaceRequest]) -> list[Outcome]:
+def placements_commit(
+    requests: list[PlaceRequest], progress: dict | None = None
+) -> list[Outcome]:
     """Commit a batch in one transaction; return one outcome per request, in order.
 
     Raises DatabaseError (nothing written) if the transaction fails.
+    `progress`, if given, records how far the attempt got: "connection", the
+    driver's connection the transaction began on, "committing" once every statement
+    succeeded and only the COMMIT remains (a failure after that is ambiguous).
     """
+    progress = {} if progress is None else progress
     outcomes: list[Outcome | None] = [None] * len(requests)
     by_canvas: dict[int, list[int]] = {}
     for index, request in enumerate(requests):
         by_canvas.setdefault(request.canvas_id, []).append(index)
     with transaction.atomic():
+        progress["connection"] = connection.connection
         # Canvases locked in id order: two processes' batches that both span
         # canvases A and B would otherwise each hold one and wait for the other.
         for canvas_id in sorted(by_canvas):
@@ -66,7 +76,47 @@ def placements_commit(requests: list[PlaceRequest]) -> list[Outcome]:
             results = _commit_canvas(canvas_id, [requests[i] for i in indexes])
             for i, outcome in zip(indexes, results, strict=True):
                 outcomes[i] = outcome
+        progress["committing"] = True
     return outcomes
+
+
+def _connection_lost(progress: dict, error: Exception) -> bool:
+    """Whether a failed batch died with its connection before its COMMIT.
+
+    Then nothing of it was written and it may run again on a fresh connection:
+    a connection the database cut while the writer held it between batches
+    (a restarted or failed-over server, an administrator's pg_terminate_backend,
+    a proxy's idle timeout) fails its next statement, although the database
+    is there. A failure at COMMIT is not retried (it may have committed), nor
+    one that never got a connection (the database is away: retrying would
+    only make the players wait longer for `unavailable`).
+    """
+    if not isinstance(error, OperationalError) or progress.get("committing"):
+        return False
+    # psycopg's Connection.closed: the server or the network ended it (other
+    # drivers' connections have no such flag and are never retried).
+    if getattr(progress.get("connection"), "closed", False) is not True:
+        return False
+    return _database_answers()
+
+
+def _database_answers() -> bool:
+    """Whether the pool hands out a working connection within RETRY_WAIT.
+
+    A dead connection alone says nothing about the database: a cut connection
+    of a database that is still there, or an outage. Only the first is worth
+    a retry; in an outage the retry would hold the group until the pool's own
+    timeout (PLACE_DB_POOL_TIMEOUT) before it answered `unavailable`.
+    """
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        return True  # no pool: the retry's connect fails as fast as this would
+    try:
+        conn = pool.getconn(timeout=RETRY_WAIT)  # checked by the pool
+    except Exception:
+        return False
+    pool.putconn(conn)
+    return True
 
 
 def _commit_canvas(canvas_id: int, batch: list[PlaceRequest]) -> list[Outcome]:
@@ -330,8 +380,22 @@ class Batcher:
 
     def _commit(self, items: list) -> None:
         started = time.perf_counter()
+        requests = [request for request, _, _ in items]
         try:
-            outcomes = placements_commit([request for request, _, _ in items])
+            progress: dict = {}
+            try:
+                outcomes = placements_commit(requests, progress)
+            except DatabaseError as error:
+                if not _connection_lost(progress, error):
+                    raise
+                log.warning(
+                    "batch of %d lost its connection before commit (%s);"
+                    " running it again on a fresh one",
+                    len(items),
+                    error,
+                )
+                connection.close()
+                outcomes = placements_commit(requests)
         except Exception as error:
             if isinstance(error, DatabaseError):
                 log.warning("batch of %d failed: %s", len(items), error)

@@ -267,3 +267,58 @@ def test_database_unreachable_gives_unavailable_then_recovers(tmp_path):
     finally:
         stack.stop()
         proxy.cut()
+
+
+def test_a_connection_cut_between_batches_costs_no_placement(tmp_path):
+    """The database is up, but the connection the ingest writer holds between
+    batches was cut (a failover, an administrator's pg_terminate_backend, a
+    proxy's idle timeout): the next batch runs again on a fresh connection
+    instead of answering `unavailable` to every placement in it."""
+    import psycopg
+
+    from . import services_available as svc
+
+    stack = make_stack(
+        tmp_path,
+        database="postgres",
+        # The writer keeps its connection between placements, as under load.
+        env={"PLACE_INGEST_IDLE_CLOSE": "30"},
+    )
+    database = stack.env["DATABASE_URL"].rsplit("/", 1)[1]
+
+    def cut_every_connection() -> int:
+        with psycopg.connect(svc.POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                [database],
+            ).fetchone()[0]
+
+    try:
+        stack.manage(
+            "createcanvas", "f", "--width", "40", "--height", "40", "--cooldown", "0"
+        )
+        server = stack.servers[0]
+        cookie = anonymous_cookie(server.url)
+
+        async def scenario() -> dict:
+            accepted: dict[int, tuple[int, int, int]] = {}
+            async with Player(server.ws, "f", cookie=cookie) as player:
+                for n in range(4):
+                    result = await player.place(n, 0, 1 + n)
+                    assert result["type"] == "accepted", result
+                    accepted[result["seq"]] = (n, 0, 1 + n)
+                    assert cut_every_connection() >= 1
+                    await asyncio.sleep(0.3)
+                    result = await player.place(n, 1, 5 + n)
+                    assert result["type"] == "accepted", result
+                    accepted[result["seq"]] = (n, 1, 5 + n)
+            return accepted
+
+        accepted = asyncio.run(scenario())
+        assert sorted(accepted) == list(range(1, 9))
+        assert server.process.poll() is None
+        assert board_bytes(server) == replay(40, 40, accepted)
+        assert "running it again on a fresh one" in server.log.read_text()
+    finally:
+        stack.stop()
