@@ -57,27 +57,70 @@ def placements_commit(
 ) -> list[Outcome]:
     """Commit a batch in one transaction; return one outcome per request, in order.
 
-    Raises DatabaseError (nothing written) if the transaction fails.
+    Raises DatabaseError if the transaction fails: then nothing was written,
+    unless it failed at the COMMIT itself (see `committed_anyway`).
     `progress`, if given, records how far the attempt got: "connection", the
-    driver's connection the transaction began on, "committing" once every statement
-    succeeded and only the COMMIT remains (a failure after that is ambiguous).
+    driver's connection the transaction began on; "now", the time stamped on
+    its rows; "outcomes", once every statement succeeded and only the COMMIT
+    remains (a failure after that is ambiguous).
     """
     progress = {} if progress is None else progress
+    progress.pop("outcomes", None)  # a resize's second run starts afresh
     outcomes: list[Outcome | None] = [None] * len(requests)
     by_canvas: dict[int, list[int]] = {}
     for index, request in enumerate(requests):
         by_canvas.setdefault(request.canvas_id, []).append(index)
     with transaction.atomic():
         progress["connection"] = connection.connection
+        progress["now"] = now = timezone.now()
         # Canvases locked in id order: two processes' batches that both span
         # canvases A and B would otherwise each hold one and wait for the other.
         for canvas_id in sorted(by_canvas):
             indexes = by_canvas[canvas_id]
-            results = _commit_canvas(canvas_id, [requests[i] for i in indexes])
+            batch = [requests[i] for i in indexes]
+            results = _commit_canvas(canvas_id, batch, now)
             for i, outcome in zip(indexes, results, strict=True):
                 outcomes[i] = outcome
-        progress["committing"] = True
+        progress["outcomes"] = outcomes
     return outcomes
+
+
+def committed_anyway(requests: list[PlaceRequest], progress: dict) -> bool:
+    """After a failure at COMMIT (the connection died as the COMMIT went out):
+    whether the batch's rows are in the database after all.
+
+    Looked up on a fresh connection: the batch's first accepted placement with
+    its seq, pixel, colour, player and time stamp. A transaction commits whole,
+    so that row alone tells. Without an accepted placement nothing was at
+    stake (refusals write nothing). Raises DatabaseError if it cannot look.
+    """
+    pairs = zip(requests, progress["outcomes"], strict=True)
+    accepted = [(r, o) for r, o in pairs if isinstance(o, services.PlacementResult)]
+    if not accepted:
+        return True
+    request, outcome = accepted[0]
+    connection.close()
+    return Placement.objects.filter(
+        canvas_id=request.canvas_id,
+        seq=outcome.seq,
+        x=request.x,
+        y=request.y,
+        color=request.color,
+        player_id=request.player_id,
+        placed_at=progress["now"],
+    ).exists()
+
+
+def _publish_late(requests: list[PlaceRequest], outcomes: list[Outcome]) -> None:
+    """Publish a batch found committed after its COMMIT failed (its on-commit
+    publish never ran), so watchers see it now, not at the hubs' next refill."""
+    by_canvas: dict[int, list] = {}
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if isinstance(outcome, services.PlacementResult):
+            update = (outcome.seq, request.x, request.y, request.color)
+            by_canvas.setdefault(request.canvas_id, []).append(update)
+    for canvas_id, updates in by_canvas.items():
+        broadcast.publish(canvas_id=canvas_id, updates=updates)
 
 
 def _connection_lost(progress: dict, error: Exception) -> bool:
@@ -91,7 +134,7 @@ def _connection_lost(progress: dict, error: Exception) -> bool:
     one that never got a connection (the database is away: retrying would
     only make the players wait longer for `unavailable`).
     """
-    if not isinstance(error, OperationalError) or progress.get("committing"):
+    if not isinstance(error, OperationalError) or "outcomes" in progress:
         return False
     # psycopg's Connection.closed: the server or the network ended it (other
     # drivers' connections have no such flag and are never retried).
@@ -119,11 +162,12 @@ def _database_answers() -> bool:
     return True
 
 
-def _commit_canvas(canvas_id: int, batch: list[PlaceRequest]) -> list[Outcome]:
+def _commit_canvas(
+    canvas_id: int, batch: list[PlaceRequest], now: datetime
+) -> list[Outcome]:
     canvas = Canvas.objects.filter(pk=canvas_id).first()
     if canvas is None:
         return [exc.PlaceError("bad_request", "No such canvas.")] * len(batch)
-    now = timezone.now()
     outcomes: list[Outcome | None] = _validate(canvas, batch, now)
     candidates = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if settings.PLACE_IP_LIMIT > 0:
@@ -378,24 +422,49 @@ class Batcher:
             except queue.Empty:
                 return
 
+    def _attempt(self, requests: list[PlaceRequest]) -> list[Outcome]:
+        """`placements_commit`, with the two failures that need not fail the
+        players: a connection cut before the COMMIT (run once more on a fresh
+        one) and one cut at the COMMIT that had committed after all."""
+        progress: dict = {}
+        try:
+            return placements_commit(requests, progress)
+        except DatabaseError as error:
+            if "outcomes" in progress:
+                try:
+                    committed = committed_anyway(requests, progress)
+                except DatabaseError:
+                    log.error(
+                        "batch of %d failed at COMMIT and could not be looked up:"
+                        " it may have committed",
+                        len(requests),
+                    )
+                    raise error from None
+                if not committed:
+                    raise
+                log.warning(
+                    "batch of %d failed at COMMIT (%s) but had committed",
+                    len(requests),
+                    error,
+                )
+                _publish_late(requests, progress["outcomes"])
+                return progress["outcomes"]
+            if not _connection_lost(progress, error):
+                raise
+            log.warning(
+                "batch of %d lost its connection before commit (%s);"
+                " running it again on a fresh one",
+                len(requests),
+                error,
+            )
+            connection.close()
+            return placements_commit(requests)
+
     def _commit(self, items: list) -> None:
         started = time.perf_counter()
         requests = [request for request, _, _ in items]
         try:
-            progress: dict = {}
-            try:
-                outcomes = placements_commit(requests, progress)
-            except DatabaseError as error:
-                if not _connection_lost(progress, error):
-                    raise
-                log.warning(
-                    "batch of %d lost its connection before commit (%s);"
-                    " running it again on a fresh one",
-                    len(items),
-                    error,
-                )
-                connection.close()
-                outcomes = placements_commit(requests)
+            outcomes = self._attempt(requests)
         except Exception as error:
             if isinstance(error, DatabaseError):
                 log.warning("batch of %d failed: %s", len(items), error)

@@ -264,6 +264,84 @@ async def test_a_database_failure_fails_the_whole_batch_and_writes_nothing(
     assert again.seq == 1
 
 
+def ingest_log(monkeypatch, caplog) -> None:
+    """Capture canvas.ingest's lines (the canvas loggers do not propagate)."""
+    monkeypatch.setattr(ingest.log, "handlers", [*ingest.log.handlers, caplog.handler])
+
+
+def commit_that_fails(monkeypatch, *, after_commit: bool) -> list:
+    """The ingest thread's next COMMIT raises as if its connection died at that
+    moment: after the database committed (`after_commit`) or before."""
+    wrapper = type(connection._connections["default"])
+    real = wrapper._commit
+    failed: list = []
+
+    def flaky(self):
+        if threading.current_thread().name != "canvas-ingest" or failed:
+            return real(self)
+        failed.append(True)
+        if after_commit:
+            real(self)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(wrapper, "_commit", flaky)
+    return failed
+
+
+async def test_a_batch_that_committed_although_its_commit_failed_is_accepted(
+    canvas, settings, monkeypatch
+):
+    """The answer after a failed COMMIT is what the database holds: the
+    batch's rows are there, so its players get `accepted` (not `unavailable`
+    for placements that are on the board) and watchers see them at once."""
+    settings.PLACE_GAP_TIMEOUT = 30  # so only the publish can bring them
+    watcher, hello = await connect("ingest")
+    ids = await adb(players)(3)
+    failed = commit_that_fails(monkeypatch, after_commit=True)
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 2, 6) for i, p in enumerate(ids)]
+    )
+    assert failed
+    assert [r.seq for r in results] == [hello["seq"] + 1, hello["seq"] + 2, 3]
+    assert await adb(Placement.objects.count)() == 3
+    frame = await receive_type(watcher, "pixels", timeout=3)
+    assert frame["updates"] == [[1, 0, 2, 6], [2, 1, 2, 6], [3, 2, 2, 6]]
+    await watcher.disconnect()
+
+
+async def test_a_batch_whose_commit_failed_before_committing_is_unavailable(
+    canvas, monkeypatch, caplog
+):
+    ingest_log(monkeypatch, caplog)
+    ids = await adb(players)(3)
+    failed = commit_that_fails(monkeypatch, after_commit=False)
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 2, 6) for i, p in enumerate(ids)]
+    )
+    assert failed
+    assert all(isinstance(r, DatabaseError) for r in results)
+    assert await adb(Placement.objects.count)() == 0
+    assert "had committed" not in caplog.text
+
+
+async def test_a_failed_commit_that_cannot_be_looked_up_says_it_may_have_committed(
+    canvas, monkeypatch, caplog
+):
+    ingest_log(monkeypatch, caplog)
+    ids = await adb(players)(2)
+    commit_that_fails(monkeypatch, after_commit=True)
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(ingest, "committed_anyway", unreachable)
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 2, 6) for i, p in enumerate(ids)]
+    )
+    assert all(isinstance(r, DatabaseError) for r in results)
+    assert "it may have committed" in caplog.text
+
+
 async def test_the_consumer_answers_unavailable_when_the_batch_fails(
     canvas, anonymous_play, monkeypatch
 ):
