@@ -89,6 +89,7 @@ class Hub:
         self.last_busy = 0.0
         self.last_flush = 0.0
         self.wires: dict[Listener, WebSocketProtocol | None] = {}
+        self.roads: dict[Listener, sockets.Road | None] = {}
         self.oldest_pending: float | None = None
         self.online_sent: int | None = None
         # Open sockets across processes minus this process's own, as last read.
@@ -149,7 +150,8 @@ class Hub:
         if listener not in self.listeners:
             metrics.CONNECTIONS.inc()
         self.listeners.add(listener)
-        self.wires[listener] = sockets.daphne_socket(listener)
+        wire = sockets.daphne_socket(listener)
+        self.wires[listener], self.roads[listener] = wire, sockets.road(wire)
         self.online_sent = None  # its hello's count may differ: resend next beat
         return self.last_seq
 
@@ -158,6 +160,7 @@ class Hub:
             metrics.CONNECTIONS.dec()
         self.listeners.discard(listener)
         self.wires.pop(listener, None)
+        self.roads.pop(listener, None)
 
     async def rejoin_group(self) -> None:
         """Join the canvas's group, or refresh the membership (a restarted
@@ -356,12 +359,21 @@ class Hub:
             awaited = 0.0
             prepared = None
             limit = settings.PLACE_SLOW_CLIENT_BYTES
+            roads, payload = self.roads, None
             # No yielding between sockets: the frame goes out in one loop turn.
             # (Slices of 250 or 500 sockets with a yield between them measured
             # worse: p99 0.32-0.35 s against 0.25-0.27 s at 5,000 watchers.)
             for listener in targets:
                 if listener not in self.listeners:
                     continue  # left while an ASGI send below was awaited
+                # Most sockets: open, ready, nothing queued. Straight to the kernel.
+                road = roads.get(listener)
+                if road is not None and listener.ready:
+                    if payload is None:
+                        prepared = PreparedMessage(frame.encode(), False, False, True)
+                        payload = prepared.payloadHybi
+                    if sockets.send_ready(road, payload):
+                        continue
                 wire = self.wires.get(listener)
                 try:
                     if wire is None or not getattr(listener, "ready", False):

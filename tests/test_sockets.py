@@ -63,3 +63,40 @@ def test_a_tls_transport_is_written_through_twisted_never_to_its_socket():
     sockets.send_text(listener.wire, "secret")
     assert beneath.socket.sent == []
     assert listener.wire.transport.written == [b"\x81\x06secret"]
+
+
+def test_the_broadcast_road_sends_only_to_an_open_socket_with_nothing_queued():
+    """send_ready: the hub's per-socket step. It hands the frame to the kernel
+    (the rest, if the kernel takes part, to twisted's buffer) or does nothing
+    and says so, for the general path to decide (queue, close, skip)."""
+    frame = b"\x81\x05hello"
+    whole, part = Listener(), Listener()
+    whole.wire.transport.socket = FakeSocket(accepts=10_000)
+    part.wire.transport.socket = FakeSocket(accepts=3)
+    assert sockets.send_ready(sockets.road(whole.wire), frame)
+    assert whole.wire.transport.socket.sent == [frame]
+    assert whole.wire.transport.written == []
+    assert sockets.send_ready(sockets.road(part.wire), frame)
+    assert part.wire.transport.socket.sent == [frame[:3]]
+    assert part.wire.transport.written == [frame[3:]]
+
+    queued, pending, closing = Listener(unsent=10), Listener(), Listener()
+    pending.wire.send_queue = [object()]  # autobahn's own queue (a chopped frame)
+    closing.wire.state = WebSocketProtocol.STATE_CLOSING
+    for other in (queued, pending, closing):
+        other.wire.transport.socket = FakeSocket(accepts=10_000)
+        assert not sockets.send_ready(sockets.road(other.wire), frame)
+        assert other.wire.transport.socket.sent == []
+        assert other.wire.transport.written == []
+
+
+def test_no_road_without_a_plain_socket_beneath():
+    from .test_fanout import FakeTransport
+
+    tls = Listener()
+    tls.wire.transport = FakeTransport()
+    tls.wire.transport.socket = FakeSocket(accepts=10_000)
+    tls.wire.transport.TLS = True  # a TCP connection that started TLS itself
+    assert sockets.road(tls.wire) is None
+    assert sockets.road(Listener().wire) is None  # no socket attribute at all
+    assert sockets.road(None) is None
