@@ -186,12 +186,28 @@ def chunks_write(*, canvas_id: int, chunks: dict) -> None:
                         f" {len(part)} chunk rows to write are missing"
                     )
         return
+    # SQLite: one UPDATE ... FROM (VALUES ...) per few hundred chunks, not one
+    # step each: sqlite3 lets go of the GIL around every step, and the ingest
+    # writer then waited to get it back behind the busy event loop, hundreds
+    # of times a batch (bench/RESULTS.md, ingest).
+    keys = sorted(chunks)
+    per = (connection.features.max_query_params - 1) // 3
     with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {table} SET data = %s"
-            " WHERE canvas_id = %s AND cx = %s AND cy = %s",
-            [(bytes(data), canvas_id, cx, cy) for (cx, cy), data in chunks.items()],
-        )
+        for part in slices(keys, per):
+            cursor.execute(
+                f"UPDATE {table} AS c SET data = v.column3"
+                f" FROM (VALUES {','.join(['(%s, %s, %s)'] * len(part))}) AS v"
+                " WHERE c.canvas_id = %s AND c.cx = v.column1 AND c.cy = v.column2",
+                [
+                    *(v for key in part for v in (*key, bytes(chunks[key]))),
+                    canvas_id,
+                ],
+            )
+            if cursor.rowcount != len(part):
+                raise RuntimeError(
+                    f"canvas {canvas_id}: {len(part) - cursor.rowcount} of"
+                    f" {len(part)} chunk rows to write are missing"
+                )
 
 
 def chunks_apply(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list[int]:
@@ -285,10 +301,16 @@ def placements_insert(
                 [*constant, *(int_array(c) for c in zip(*rows, strict=True))],
             )
             return
-        cursor.executemany(
-            f"{head} VALUES ({marks(len(varying) + len(fixed))})",
-            [(*row, *constant) for row in rows],
+        # Many rows per statement, for the GIL's sake as in chunks_write.
+        row = f"({marks(len(varying) + len(fixed))})"
+        per = max(
+            1, connection.features.max_query_params // (len(varying) + len(fixed))
         )
+        for part in slices(rows, per):
+            cursor.execute(
+                f"{head} VALUES {','.join([row] * len(part))}",
+                [v for values in part for v in (*values, *constant)],
+            )
 
 
 ANONYMOUS_PREFIX = "anon-"

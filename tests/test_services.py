@@ -289,3 +289,27 @@ def test_a_single_placement_is_checked_again_after_a_resize():
 
     assert attempt() == "checked again" and len(calls) == 2
     assert getattr(services.placement_create, "__wrapped__", None) is not None
+
+
+@pytest.mark.django_db
+def test_history_rows_past_one_statement_all_land_with_their_values(make_canvas):
+    """placements_insert writes many rows per statement (SQLite: 111 at most);
+    300 take several, and every row keeps its own values and the shared ones."""
+    canvas = make_canvas(slug="history-rows", width=300, height=10)
+    player = Player.objects.create(name="writer")
+    now = timezone.now()
+    proto = Placement(canvas_id=canvas.pk, placed_at=now, seq=0, x=0, y=0, color=0)
+    proto.previous_color = 0
+    rows = [(i + 1, i, i % 10, i % 16, (i + 1) % 16, player.pk) for i in range(300)]
+    services.placements_insert(
+        proto=proto,
+        varying=("seq", "x", "y", "color", "previous_color", "player_id"),
+        rows=rows,
+    )
+    stored = list(
+        Placement.objects.filter(canvas=canvas)
+        .order_by("seq")
+        .values_list("seq", "x", "y", "color", "previous_color", "player_id")
+    )
+    assert stored == rows
+    assert set(Placement.objects.values_list("placed_at", flat=True)) == {now}
