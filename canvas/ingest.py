@@ -34,6 +34,8 @@ log = logging.getLogger("canvas.ingest")
 # How long a group whose connection was cut waits for a working one before it
 # gives up and answers `unavailable` (see _connection_lost).
 RETRY_WAIT = 1.0
+# How long the look after a failed COMMIT waits for that transaction to end.
+LOOKUP_WAIT = 2.0
 # One key=value line per placement and refusal; route or silence it on its own.
 events = logging.getLogger("canvas.placements")
 
@@ -61,8 +63,8 @@ def placements_commit(
     unless it failed at the COMMIT itself (see `committed_anyway`).
     `progress`, if given, records how far the attempt got: "connection", the
     driver's connection the transaction began on; "now", the time stamped on
-    its rows; "outcomes", once every statement succeeded and only the COMMIT
-    remains (a failure after that is ambiguous).
+    its rows, by canvas id; "outcomes", once every statement succeeded and
+    only the COMMIT remains (a failure after that is ambiguous).
     """
     progress = {} if progress is None else progress
     progress.pop("outcomes", None)  # a resize's second run starts afresh
@@ -72,12 +74,15 @@ def placements_commit(
         by_canvas.setdefault(request.canvas_id, []).append(index)
     with transaction.atomic():
         progress["connection"] = connection.connection
-        progress["now"] = now = timezone.now()
+        progress["now"] = stamps = {}
         # Canvases locked in id order: two processes' batches that both span
         # canvases A and B would otherwise each hold one and wait for the other.
         for canvas_id in sorted(by_canvas):
             indexes = by_canvas[canvas_id]
             batch = [requests[i] for i in indexes]
+            # Each canvas's time once the ones before it are locked and written:
+            # its cooldowns and history stamps do not lag behind that wait.
+            stamps[canvas_id] = now = timezone.now()
             results = _commit_canvas(canvas_id, batch, now)
             for i, outcome in zip(indexes, results, strict=True):
                 outcomes[i] = outcome
@@ -90,9 +95,12 @@ def committed_anyway(requests: list[PlaceRequest], progress: dict) -> bool:
     whether the batch's rows are in the database after all.
 
     Looked up on a fresh connection: the batch's first accepted placement with
-    its seq, pixel, colour, player and time stamp. A transaction commits whole,
-    so that row alone tells. Without an accepted placement nothing was at
-    stake (refusals write nothing). Raises DatabaseError if it cannot look.
+    its seq, pixel, colour, player and time stamp (a transaction commits whole,
+    so that row alone tells), once the failed transaction has truly ended: it
+    holds its canvas's row lock until then (the server may still be finishing
+    the COMMIT, a slow disk or a synchronous standby), so the look waits for
+    that lock, at most LOOKUP_WAIT. Without an accepted placement nothing was
+    at stake (refusals write nothing). Raises DatabaseError if it cannot look.
     """
     pairs = zip(requests, progress["outcomes"], strict=True)
     accepted = [(r, o) for r, o in pairs if isinstance(o, services.PlacementResult)]
@@ -100,15 +108,26 @@ def committed_anyway(requests: list[PlaceRequest], progress: dict) -> bool:
         return True
     request, outcome = accepted[0]
     connection.close()
-    return Placement.objects.filter(
-        canvas_id=request.canvas_id,
-        seq=outcome.seq,
-        x=request.x,
-        y=request.y,
-        color=request.color,
-        player_id=request.player_id,
-        placed_at=progress["now"],
-    ).exists()
+    with transaction.atomic():  # SQLite: BEGIN IMMEDIATE waits for any writer
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SET LOCAL lock_timeout = '{int(LOOKUP_WAIT * 1000)}ms'"
+                )
+                table = connection.ops.quote_name(Canvas._meta.db_table)
+                cursor.execute(
+                    f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE",
+                    [request.canvas_id],
+                )
+        return Placement.objects.filter(
+            canvas_id=request.canvas_id,
+            seq=outcome.seq,
+            x=request.x,
+            y=request.y,
+            color=request.color,
+            player_id=request.player_id,
+            placed_at=progress["now"][request.canvas_id],
+        ).exists()
 
 
 def _publish_late(requests: list[PlaceRequest], outcomes: list[Outcome]) -> None:
@@ -423,32 +442,13 @@ class Batcher:
                 return
 
     def _attempt(self, requests: list[PlaceRequest]) -> list[Outcome]:
-        """`placements_commit`, with the two failures that need not fail the
+        """`placements_commit`, with the failures that need not fail the
         players: a connection cut before the COMMIT (run once more on a fresh
-        one) and one cut at the COMMIT that had committed after all."""
+        one), and a COMMIT that failed but had committed (either attempt)."""
         progress: dict = {}
         try:
-            return placements_commit(requests, progress)
+            return self._committed(requests, progress)
         except DatabaseError as error:
-            if "outcomes" in progress:
-                try:
-                    committed = committed_anyway(requests, progress)
-                except DatabaseError:
-                    log.error(
-                        "batch of %d failed at COMMIT and could not be looked up:"
-                        " it may have committed",
-                        len(requests),
-                    )
-                    raise error from None
-                if not committed:
-                    raise
-                log.warning(
-                    "batch of %d failed at COMMIT (%s) but had committed",
-                    len(requests),
-                    error,
-                )
-                _publish_late(requests, progress["outcomes"])
-                return progress["outcomes"]
             if not _connection_lost(progress, error):
                 raise
             log.warning(
@@ -457,8 +457,35 @@ class Batcher:
                 len(requests),
                 error,
             )
-            connection.close()
-            return placements_commit(requests)
+        connection.close()
+        return self._committed(requests, {})
+
+    def _committed(self, requests: list[PlaceRequest], progress: dict) -> list:
+        """`placements_commit`; after a failure at the COMMIT itself, what the
+        database holds decides: the outcomes if it committed, else the error."""
+        try:
+            return placements_commit(requests, progress)
+        except DatabaseError as error:
+            if "outcomes" not in progress:
+                raise
+            try:
+                committed = committed_anyway(requests, progress)
+            except DatabaseError:
+                log.error(
+                    "batch of %d failed at COMMIT and could not be looked up:"
+                    " it may have committed",
+                    len(requests),
+                )
+                raise error from None
+            if not committed:
+                raise
+            log.warning(
+                "batch of %d failed at COMMIT (%s) but had committed",
+                len(requests),
+                error,
+            )
+            _publish_late(requests, progress["outcomes"])
+            return progress["outcomes"]
 
     def _commit(self, items: list) -> None:
         started = time.perf_counter()

@@ -134,6 +134,31 @@ async def test_sockets_not_served_by_daphne_still_get_frames_through_deliver(hub
     assert plain.delivered == ["frame"]
 
 
+async def test_only_an_open_ready_socket_with_nothing_queued_takes_the_short_road(
+    hub,
+):
+    """Straight to the kernel only when nothing could be overtaken: a socket
+    before its hello gets the frame in its backlog, one with bytes still in
+    twisted's buffers gets it queued behind them, a closing one gets nothing."""
+    fast, early, queued, closing = (Listener() for _ in range(4))
+    early.ready = False
+    queued.wire.transport._tempDataLen = 7  # the rest of a partial send
+    closing.wire.state = WebSocketProtocol.STATE_CLOSING
+    for listener in (fast, early, queued, closing):
+        listener.wire.transport.socket = FakeSocket(accepts=10_000)
+        hub.join(listener)
+    frame = '{"type":"pixels","updates":[[5,1,1,1]]}'
+    await hub.send_all(frame)
+    framed = b"\x81" + bytes([len(frame)]) + frame.encode()
+    assert fast.wire.transport.socket.sent == [framed]
+    assert fast.wire.transport.written == []
+    assert early.wire.transport.socket.sent == [] and early.delivered == [frame]
+    assert queued.wire.transport.socket.sent == []
+    assert queued.wire.transport.written == [framed]
+    assert closing.wire.transport.socket.sent == []
+    assert closing.wire.transport.written == []
+
+
 async def test_a_socket_before_its_hello_gets_frames_through_its_backlog(hub):
     early = Listener()
     early.ready = False

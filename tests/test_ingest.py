@@ -1,13 +1,22 @@
 """Group commit (canvas/ingest.py): many placements per transaction, none unsafe."""
 
 import asyncio
+import os
 import re
+import socket
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -340,6 +349,132 @@ async def test_a_failed_commit_that_cannot_be_looked_up_says_it_may_have_committ
     )
     assert all(isinstance(r, DatabaseError) for r in results)
     assert "it may have committed" in caplog.text
+
+
+async def test_a_retried_batch_whose_commit_failed_but_committed_is_accepted(
+    canvas, monkeypatch, caplog
+):
+    """The second run after a cut connection gets the same look after a failed
+    COMMIT as the first: committed work is never answered `unavailable`."""
+    ingest_log(monkeypatch, caplog)
+    ids = await adb(players)(2)
+    real = ingest._commit_canvas
+    cut: list = []
+
+    def cut_once(*args, **kwargs):
+        if not cut:
+            cut.append(True)
+            raise OperationalError("terminating connection (administrator command)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_commit_canvas", cut_once)
+    # What psycopg's closed flag says after a real cut (SQLite has none).
+    monkeypatch.setattr(ingest, "_connection_lost", lambda progress, error: True)
+    failed = commit_that_fails(monkeypatch, after_commit=True)
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 2, 6) for i, p in enumerate(ids)]
+    )
+    assert cut and failed and "running it again" in caplog.text
+    assert all(isinstance(r, services.PlacementResult) for r in results)
+    assert await adb(Placement.objects.count)() == 2
+
+
+def pg_terminate(pid: int) -> None:
+    """End one backend from outside, as an administrator or a failover would."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+async def test_a_connection_cut_between_batches_runs_the_next_batch_again(
+    canvas, settings, monkeypatch, caplog
+):
+    """PostgreSQL: the writer keeps its connection between batches; when the
+    server ends it, the next batch fails on it before its COMMIT and runs once
+    more on a fresh one, and its players get `accepted`."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a backend to terminate (PostgreSQL)")
+    settings.PLACE_INGEST_IDLE_CLOSE = 30  # keep it, as under load
+    ingest_log(monkeypatch, caplog)
+    ids = await adb(players)(3)
+    pids: list = []
+    real = ingest._commit_canvas
+
+    def note_pid(*args, **kwargs):
+        pids.append(connection.connection.info.backend_pid)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_commit_canvas", note_pid)
+    (first,) = await submit_all([ingest.PlaceRequest(canvas.pk, ids[0], 0, 0, 1)])
+    assert isinstance(first, services.PlacementResult)
+    await adb(pg_terminate)(pids[0])
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 3, 6) for i, p in enumerate(ids[1:])]
+    )
+    assert all(isinstance(r, services.PlacementResult) for r in results)
+    assert "running it again on a fresh one" in caplog.text
+    assert pids[-1] != pids[0]
+    assert await adb(Placement.objects.count)() == 3
+
+
+async def test_the_look_after_a_failed_commit_waits_for_that_commit_to_end(
+    canvas, monkeypatch, caplog
+):
+    """PostgreSQL: the link dies while the server is still committing (here a
+    deferred trigger sleeps; in life a slow disk or a synchronous standby).
+    The look must not run before the commit is visible: it waits for the
+    canvas row the batch holds locked, then finds the rows: `accepted`."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a COMMIT that runs on after its link died (PostgreSQL)")
+    ingest_log(monkeypatch, caplog)
+    table = Placement._meta.db_table
+
+    def trigger(install: bool) -> None:
+        with connections["default"].cursor() as cursor:
+            if install:
+                cursor.execute(
+                    "CREATE OR REPLACE FUNCTION test_slow_commit() RETURNS trigger"
+                    " AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$"
+                    " LANGUAGE plpgsql"
+                )
+                cursor.execute(
+                    f"CREATE CONSTRAINT TRIGGER test_slow_commit AFTER INSERT ON"
+                    f" {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+                    " EXECUTE FUNCTION test_slow_commit()"
+                )
+            else:
+                cursor.execute(f"DROP TRIGGER IF EXISTS test_slow_commit ON {table}")
+                cursor.execute("DROP FUNCTION IF EXISTS test_slow_commit()")
+
+    await adb(trigger)(True)
+    try:
+        (player,) = await adb(players)(1)
+        wrapper = type(connection._connections["default"])
+        real = wrapper._commit
+        cut: list = []
+
+        def commit_on_a_link_that_dies(self):
+            if threading.current_thread().name != "canvas-ingest" or cut:
+                return real(self)
+            cut.append(True)
+            fd = self.connection.pgconn.socket
+
+            def sever() -> None:  # the network goes while the COMMIT runs
+                time.sleep(0.3)
+                link = socket.socket(fileno=os.dup(fd))
+                link.shutdown(socket.SHUT_RDWR)
+                link.close()
+
+            threading.Thread(target=sever).start()
+            return real(self)
+
+        monkeypatch.setattr(wrapper, "_commit", commit_on_a_link_that_dies)
+        (result,) = await submit_all([ingest.PlaceRequest(canvas.pk, player, 7, 7, 9)])
+        assert cut
+        assert isinstance(result, services.PlacementResult), caplog.text
+        assert "but had committed" in caplog.text
+        assert await adb(Placement.objects.count)() == 1
+    finally:
+        await adb(trigger)(False)
 
 
 async def test_the_consumer_answers_unavailable_when_the_batch_fails(
