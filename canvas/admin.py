@@ -147,21 +147,26 @@ class CanvasAdmin(admin.ModelAdmin):
         """Pause or resume, set the cooldown, pick a region to roll back or see."""
         _require(request, "canvas.view_canvas")
         canvas = get_object_or_404(Canvas, pk=pk)
-        open_form = forms.ReasonForm(prefix="open")
+        wanted = "0" if canvas.is_open else "1"
+        open_form = forms.OpenForm(prefix="open", initial={"is_open": wanted})
         cooldown_form = forms.CooldownForm(
             prefix="cooldown", initial={"cooldown_seconds": canvas.cooldown_seconds}
         )
         if request.method == "POST":
             _require(request, PERM_CANVAS)
             if "open-reason" in request.POST:
-                open_form = forms.ReasonForm(request.POST, prefix="open")
+                open_form = forms.OpenForm(request.POST, prefix="open")
                 if open_form.is_valid():
-                    action = moderation.canvas_set_open(
-                        canvas_id=canvas.pk,
-                        is_open=not canvas.is_open,
-                        reason=open_form.cleaned_data["reason"],
-                        moderator_id=request.user.pk,
-                    )
+                    try:
+                        action = moderation.canvas_set_open(
+                            canvas_id=canvas.pk,
+                            is_open=open_form.cleaned_data["is_open"],
+                            reason=open_form.cleaned_data["reason"],
+                            moderator_id=request.user.pk,
+                        )
+                    except moderation.ModerationError as error:
+                        self.message_user(request, str(error), messages.WARNING)
+                        return redirect("admin:canvas_canvas_moderate", pk=canvas.pk)
                     return self._done(request, action, canvas)
             else:
                 cooldown_form = forms.CooldownForm(request.POST, prefix="cooldown")
@@ -173,7 +178,10 @@ class CanvasAdmin(admin.ModelAdmin):
                         moderator_id=request.user.pk,
                     )
                     return self._done(request, action, canvas)
-        region_form = forms.RegionForm(request.GET or None, canvas=canvas)
+        # Its own element ids: the rollback form's boxes have the same names.
+        region_form = forms.RegionForm(
+            request.GET or None, canvas=canvas, auto_id="id_region_%s"
+        )
         region_src = None
         if region_form.is_valid():
             region_src = (
@@ -254,6 +262,23 @@ class PlacementAdmin(admin.ModelAdmin):
         ("placed_at__lte", "until"),
     ]
 
+    # The list's parameters a rollback scope can say (or that do not narrow it:
+    # search, ordering, page, "show all", facet counts), for _rollback_url.
+    SCOPED_PARAMS = {
+        "canvas__id__exact",
+        "player__id__exact",
+        "kind__exact",
+        "rolled_back__exact",
+        "x",
+        "y",
+        *(name for name, _ in RANGE_FIELDS),
+        "q",
+        "o",
+        "p",
+        "all",
+        "_facets",
+    }
+
     def has_add_permission(self, request) -> bool:
         return False
 
@@ -303,6 +328,9 @@ class PlacementAdmin(admin.ModelAdmin):
         canvas_id = query.get("canvas__id__exact", "")
         if (
             not request.user.has_perm(PERM_ROLLBACK)
+            # Any other lookup (`color__exact`, `seq__gte`, ...) narrows the
+            # list in a way no scope can say: the rollback would cover more.
+            or not set(original) <= self.SCOPED_PARAMS
             or not canvas_id.isdigit()
             or query.get("q")
             or query.get("kind__exact") == Placement.KIND_MODERATION
@@ -507,7 +535,7 @@ class PlayerAdmin(admin.ModelAdmin):
                         f"{rollback.placements_count} placements"
                     )
                     _log(self, request, rollback, message)
-                self.message_user(request, f"{player.name} is banned.")
+                self.message_user(request, _ban_message(player, action, form))
                 return redirect("admin:canvas_player_change", player.pk)
         return _form_page(request, self, f"Ban {player.name}", form, "Ban")
 
@@ -522,9 +550,30 @@ class PlayerAdmin(admin.ModelAdmin):
                 moderator_id=request.user.pk,
             )
             _log(self, request, action, f"unbanned {player.name}")
-            self.message_user(request, f"{player.name} may place again.")
+            # Not starting with the name: admin capitalises a message's first letter.
+            self.message_user(request, f"Unbanned {player.name}: they may place again.")
             return redirect("admin:canvas_player_change", player.pk)
         return _form_page(request, self, f"Unban {player.name}", form, "Unban")
+
+
+def _ban_message(player: Player, ban: ModerationAction, form) -> str:
+    """What the ban did, rollbacks included, so the moderator can check or undo.
+
+    Not starting with the name: admin capitalises a message's first letter.
+    """
+    message = f"Banned {player.name}."
+    hours = form.cleaned_data.get("rollback_hours")
+    if hours and not ban.rollbacks:
+        message += (
+            f" Nothing of theirs from the last {hours:g} h was left to roll back."
+        )
+    for rollback in ban.rollbacks:
+        message += (
+            f" Rolled back {rollback.placements_count} placements on"
+            f" {rollback.canvas.slug}, {rollback.pixels_count} pixels changed"
+            f" (rollback #{rollback.pk})."
+        )
+    return message
 
 
 def _form_page(request, model_admin, title: str, form, submit: str) -> HttpResponse:

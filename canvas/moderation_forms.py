@@ -38,6 +38,16 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=500, help_text=REASON_HELP)
 
 
+class OpenForm(ReasonForm):
+    """Pause or resume, saying which: a form sent twice must not undo itself."""
+
+    is_open = forms.TypedChoiceField(
+        choices=[("0", "pause"), ("1", "resume")],
+        coerce=lambda value: value == "1",
+        widget=forms.HiddenInput,
+    )
+
+
 class ApplyForm(ReasonForm):
     """The reason, and the newest seq the preview covered: apply exactly that.
 
