@@ -432,17 +432,17 @@ class PlacementAdmin(admin.ModelAdmin):
 
 @admin.register(Player)
 class PlayerAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "banned_until", "created_at", "history_link"]
+    list_display = ["name", "user", "ban", "created_at", "history_link"]
     search_fields = ["name", "user__username"]
     # Read-only: bans go through their own audited pages, and the session key
     # is a live cookie (whoever sees it can place as that player).
-    exclude = ["session_key"]
+    exclude = ["session_key", "banned_until"]  # shown as `ban`, in words
     readonly_fields = [
         "name",
         "user",
         "session",
         "created_at",
-        "banned_until",
+        "ban",
         "ban_reason",
         "placements_count",
         "first_placement",
@@ -466,6 +466,14 @@ class PlayerAdmin(admin.ModelAdmin):
         if obj is not None:
             obj.summary = mod_selectors.player_summary(player=obj)
         return obj
+
+    @admin.display(description="banned", ordering="banned_until")
+    def ban(self, obj: Player) -> str:
+        if obj.banned_until is None:
+            return "-"
+        if not obj.is_banned():
+            return f"no (ended {_when(obj.banned_until)})"
+        return _ban_end(obj.banned_until)
 
     @admin.display(description="session")
     def session(self, obj: Player) -> str:
@@ -513,7 +521,8 @@ class PlayerAdmin(admin.ModelAdmin):
     def ban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         _require(request, PERM_BAN)
         player = get_object_or_404(Player, pk=pk)
-        form = forms.BanForm(request.POST or None)
+        current = player.banned_until if player.is_banned() else None
+        form = forms.BanForm(request.POST or None, current_until=current)
         if request.method == "POST" and form.is_valid():
             try:
                 action = moderation.player_ban(
@@ -537,7 +546,13 @@ class PlayerAdmin(admin.ModelAdmin):
                     _log(self, request, rollback, message)
                 self.message_user(request, _ban_message(player, action, form))
                 return redirect("admin:canvas_player_change", player.pk)
-        return _form_page(request, self, f"Ban {player.name}", form, "Ban")
+        notice = None
+        if current is not None:
+            notice = (
+                f"{player.name} is banned already, {_ban_end(current)}:"
+                f" “{player.ban_reason}”. A new ban replaces it."
+            )
+        return _form_page(request, self, f"Ban {player.name}", form, "Ban", notice)
 
     def unban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         _require(request, PERM_BAN)
@@ -561,7 +576,7 @@ def _ban_message(player: Player, ban: ModerationAction, form) -> str:
 
     Not starting with the name: admin capitalises a message's first letter.
     """
-    message = f"Banned {player.name}."
+    message = f"Banned {player.name} {_ban_end(parse_datetime(ban.scope['until']))}."
     hours = form.cleaned_data.get("rollback_hours")
     if hours and not ban.rollbacks:
         message += (
@@ -576,13 +591,16 @@ def _ban_message(player: Player, ban: ModerationAction, form) -> str:
     return message
 
 
-def _form_page(request, model_admin, title: str, form, submit: str) -> HttpResponse:
+def _form_page(
+    request, model_admin, title: str, form, submit: str, notice: str | None = None
+) -> HttpResponse:
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
         "title": title,
         "form": form,
         "submit": submit,
+        "notice": notice,
     }
     return TemplateResponse(request, "admin/canvas/moderation_form.html", context)
 
@@ -796,6 +814,13 @@ class ConnectionAdmin(admin.ModelAdmin):
     ]
     list_filter = [("canvas", CanvasListFilter), "server"]
     raw_id_fields = ["player"]
+
+
+def _ban_end(until) -> str:
+    """A ban's end in words: "for good" rather than the year 9999."""
+    if until is None:
+        return "-"
+    return "for good" if until >= moderation.BAN_FOREVER else f"until {_when(until)}"
 
 
 def _when(moment) -> str:

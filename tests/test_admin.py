@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 
 from canvas import moderation, selectors, services
+from canvas import moderation_forms as forms
 from canvas.models import Canvas, ModerationAction, Placement, Player
 
 group_migration = importlib.import_module("canvas.migrations.0005_moderators_group")
@@ -916,7 +917,7 @@ def test_a_ban_says_what_its_rollback_did(moderator, client, griefed):
     rollback = ModerationAction.objects.get(kind=ModerationAction.KIND_ROLLBACK)
     shown = [str(m) for m in page.context["messages"]]
     assert shown == [
-        f"Banned alice. Rolled back 2 placements on {rollback.canvas.slug},"
+        f"Banned alice for good. Rolled back 2 placements on {rollback.canvas.slug},"
         f" 2 pixels changed (rollback #{rollback.pk})."
     ]
     unban = reverse("admin:canvas_player_unban", args=[alice.pk])
@@ -949,3 +950,35 @@ def test_the_canvas_page_gives_each_box_its_own_id(moderator, client, griefed):
     ids = re.findall(r'\sid="([^"]+)"', page.content.decode())
     assert len(ids) == len(set(ids))
     assert "id_region_x0" in ids
+
+
+def test_a_ban_never_silently_shortens_the_one_in_force(moderator, client, griefed):
+    """A second moderator's one-hour ban used to replace a ban for good, the
+    ban page not even saying the player was banned."""
+    _, alice, _ = griefed
+    url = reverse("admin:canvas_player_ban", args=[alice.pk])
+    client.post(url, {"reason": "for good"})
+    page = client.get(url)
+    assert "alice is banned already, for good: “for good”" in page.content.decode()
+    refused = client.post(url, {"reason": "cool off", "hours": "1"})
+    assert forms.MSG_BAN_SHORTER in refused.context["form"].non_field_errors()
+    alice.refresh_from_db()
+    assert alice.banned_until == moderation.BAN_FOREVER
+    assert alice.ban_reason == "for good"
+    client.post(url, {"reason": "cool off", "hours": "1", "shorten": "on"})
+    alice.refresh_from_db()
+    assert alice.is_banned() and alice.banned_until < moderation.BAN_FOREVER
+    # A longer ban needs no tick.
+    client.post(url, {"reason": "again", "until": "2099-01-01 00:00"})
+    alice.refresh_from_db()
+    assert alice.banned_until.year == 2099
+
+
+def test_the_player_pages_say_for_good_not_the_year_9999(moderator, client, griefed):
+    _, alice, _ = griefed
+    client.post(reverse("admin:canvas_player_ban", args=[alice.pk]), {"reason": "x"})
+    listed = client.get(reverse("admin:canvas_player_changelist")).content.decode()
+    shown = client.get(reverse("admin:canvas_player_change", args=[alice.pk]))
+    for text in (listed, shown.content.decode()):
+        assert "for good" in text
+        assert "9999" not in text
