@@ -638,37 +638,7 @@ class ModerationActionAdmin(admin.ModelAdmin):
 
     @admin.display(description="scope, in words")
     def scope_described(self, obj: ModerationAction) -> str:
-        """The stored scope with players by name, for the audit trail."""
-        scope = obj.scope or {}
-        parts = []
-        if scope.get("player_ids"):
-            players = Player.objects.filter(pk__in=scope["player_ids"])
-            shared = mod_selectors.names_shared(names=[p.name for p in players])
-            # A name another player also has gets its id, to tell them apart.
-            labels = [
-                f"{p.name} (#{p.pk})" if p.name in shared else p.name for p in players
-            ]
-            parts.append("players " + ", ".join(sorted(labels)))
-        if scope.get("placement_ids"):
-            parts.append(f"{len(scope['placement_ids'])} chosen placements")
-        if scope.get("region"):
-            x0, y0, x1, y1 = scope["region"]
-            parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
-        if obj.kind == ModerationAction.KIND_BAN:
-            until = parse_datetime(scope.get("until") or "")
-            forever = until is None or until >= moderation.BAN_FOREVER
-            parts.append("for good" if forever else f"until {_when(until)}")
-            if scope.get("rollback_hours"):
-                parts.append(f"their last {scope['rollback_hours']:g} h rolled back")
-        else:
-            for key in ("since", "until"):
-                if scope.get(key):
-                    parts.append(f"{key} {_when(parse_datetime(scope[key]))}")
-        if scope.get("undo_of"):
-            parts.append(f"undid rollback #{scope['undo_of']}")
-        if obj.kind == ModerationAction.KIND_COOLDOWN:
-            parts.append(f"cooldown {scope.get('from')} s → {scope['to']} s")
-        return "; ".join(parts) or "-"
+        return scope_in_words(kind=obj.kind, scope=obj.scope or {})
 
     def get_urls(self):
         view = self.admin_site.admin_view
@@ -736,7 +706,14 @@ class ModerationActionAdmin(admin.ModelAdmin):
             context["reason_form"] = forms.ApplyForm(
                 initial={"upto_seq": preview.upto_seq}
             )
-        context.update(canvas=canvas, preview=preview, **_pictures(canvas, preview))
+        context.update(
+            canvas=canvas,
+            preview=preview,
+            scope_words=scope_in_words(
+                kind=ModerationAction.KIND_ROLLBACK, scope=scope.to_json()
+            ),
+            **_pictures(canvas, preview),
+        )
         return TemplateResponse(request, "admin/canvas/rollback.html", context)
 
     def undo_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -766,7 +743,73 @@ class ModerationActionAdmin(admin.ModelAdmin):
                 _log(self, request, undo, message)
                 self.message_user(request, message)
                 return redirect("admin:canvas_moderationaction_change", undo.pk)
-        return _form_page(request, self, f"Undo {action}", form, "Undo")
+        notice = _undo_notice(action)
+        return _form_page(request, self, f"Undo {action}", form, "Undo", notice)
+
+
+def scope_in_words(*, kind: str, scope: dict) -> str:
+    """A stored scope with players by name, for the audit trail and previews."""
+    parts = []
+    if scope.get("player_ids"):
+        players = Player.objects.filter(pk__in=scope["player_ids"])
+        shared = mod_selectors.names_shared(names=[p.name for p in players])
+        # A name another player also has gets its id, to tell them apart.
+        labels = [
+            f"{p.name} (#{p.pk})" if p.name in shared else p.name for p in players
+        ]
+        parts.append("players " + ", ".join(sorted(labels)))
+    if scope.get("placement_ids"):
+        parts.append(f"{len(scope['placement_ids'])} chosen placements")
+    if scope.get("region"):
+        x0, y0, x1, y1 = scope["region"]
+        parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
+    if kind == ModerationAction.KIND_BAN:
+        until = parse_datetime(scope.get("until") or "")
+        forever = until is None or until >= moderation.BAN_FOREVER
+        parts.append("for good" if forever else f"until {_when(until)}")
+        if scope.get("rollback_hours"):
+            parts.append(f"their last {scope['rollback_hours']:g} h rolled back")
+    else:
+        for key in ("since", "until"):
+            if scope.get(key):
+                parts.append(f"{key} {_when(parse_datetime(scope[key]))}")
+    if scope.get("undo_of"):
+        parts.append(f"undid rollback #{scope['undo_of']}")
+    if kind == ModerationAction.KIND_COOLDOWN:
+        parts.append(f"cooldown {scope.get('from')} s → {scope['to']} s")
+    return "; ".join(parts) or "-"
+
+
+def _undo_notice(action: ModerationAction) -> str:
+    """What undoing `action` would restore, and what would still hold some of it."""
+    if action.kind != ModerationAction.KIND_ROLLBACK:
+        return moderation.MSG_NOT_ROLLBACK
+    if action.is_undone:
+        return f"{moderation.MSG_ALREADY_UNDONE[:-1]} ({_when(action.undone_at)})."
+    notice = (
+        f"Rollback #{action.pk} on {action.canvas.slug}, by"
+        f" {action.moderator or 'command line'} at {_when(action.created_at)}"
+        f" (“{action.reason}”): {scope_in_words(kind=action.kind, scope=action.scope)}."
+        f" It rolled back {action.placements_count} placements and changed"
+        f" {action.pixels_count} pixels."
+    )
+    holds = moderation.placements_held(action=action)
+    if holds != action.placements_count:
+        notice += (
+            f" It holds {holds} placements now (an undone rollback hands on"
+            " those another rollback's scope covers)."
+        )
+    notice += " Undoing shows them again wherever nothing newer does."
+    held = moderation.still_covered(action=action)
+    if held:
+        notice += " Still rolled back afterwards, until these are undone too: " + (
+            ", ".join(
+                f"rollback #{pk} ({count} placements)"
+                for pk, count in sorted(held.items())
+            )
+        )
+        notice += "."
+    return notice
 
 
 def _pictures(canvas: Canvas, preview: moderation.RollbackPreview) -> dict:

@@ -639,6 +639,12 @@ def _rollbacks_holding(*, canvas_id: int) -> QuerySet:
     ).order_by("pk")
 
 
+def placements_held(*, action: ModerationAction) -> int:
+    """How many placements `action` keeps rolled back now: those it marked, and
+    any an undone rollback handed on to it because its scope covers them."""
+    return Placement.objects.filter(_rollback_q(action), rolled_back_by=action).count()
+
+
 def still_covered(*, action: ModerationAction) -> dict[int, int]:
     """Placements of `action`'s scope that rollbacks in force still cover, by rollback.
 

@@ -982,3 +982,48 @@ def test_the_player_pages_say_for_good_not_the_year_9999(moderator, client, grie
     for text in (listed, shown.content.decode()):
         assert "for good" in text
         assert "9999" not in text
+
+
+def test_the_undo_page_says_what_undoing_restores_and_what_still_holds(
+    moderator, client, griefed
+):
+    """Before, it showed a reason box only: that some placements would stay
+    rolled back, or that a rollback held more than it marked, was learnt after."""
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    client.post(url + f"?canvas={canvas.pk}&players=alice", {"reason": "one"})
+    client.post(url + f"?canvas={canvas.pk}&x0=0&y0=0&x1=3&y1=2", {"reason": "two"})
+    first, second = ModerationAction.objects.order_by("pk")
+    undo_first = reverse("admin:canvas_moderationaction_undo", args=[first.pk])
+    notice = client.get(undo_first).context["notice"]
+    assert f"Rollback #{first.pk} on {canvas.slug}, by mod at " in notice
+    assert "(“one”): players alice." in notice
+    assert "It rolled back 2 placements and changed 2 pixels." in notice
+    assert f"until these are undone too: rollback #{second.pk} (2 placements)" in (
+        notice
+    )
+    client.post(undo_first, {"reason": "oops"})
+    assert "already been undone" in client.get(undo_first).context["notice"]
+    undo_second = reverse("admin:canvas_moderationaction_undo", args=[second.pk])
+    notice = client.get(undo_second).context["notice"]
+    assert "It rolled back 1 placements and changed 1 pixels." in notice
+    assert "It holds 3 placements now" in notice
+
+
+def test_the_preview_names_its_scope_in_words(moderator, client, griefed):
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    page = client.get(
+        url,
+        {
+            "canvas": canvas.pk,
+            "players": f"#{alice.pk}",
+            "x0": 0,
+            "y0": 0,
+            "x1": 3,
+            "y1": 2,
+        },
+    )
+    assert "Scope: players alice; region (0, 0) to (3, 2) inclusive." in (
+        page.content.decode()
+    )
