@@ -147,21 +147,26 @@ class CanvasAdmin(admin.ModelAdmin):
         """Pause or resume, set the cooldown, pick a region to roll back or see."""
         _require(request, "canvas.view_canvas")
         canvas = get_object_or_404(Canvas, pk=pk)
-        open_form = forms.ReasonForm(prefix="open")
+        wanted = "0" if canvas.is_open else "1"
+        open_form = forms.OpenForm(prefix="open", initial={"is_open": wanted})
         cooldown_form = forms.CooldownForm(
             prefix="cooldown", initial={"cooldown_seconds": canvas.cooldown_seconds}
         )
         if request.method == "POST":
             _require(request, PERM_CANVAS)
             if "open-reason" in request.POST:
-                open_form = forms.ReasonForm(request.POST, prefix="open")
+                open_form = forms.OpenForm(request.POST, prefix="open")
                 if open_form.is_valid():
-                    action = moderation.canvas_set_open(
-                        canvas_id=canvas.pk,
-                        is_open=not canvas.is_open,
-                        reason=open_form.cleaned_data["reason"],
-                        moderator_id=request.user.pk,
-                    )
+                    try:
+                        action = moderation.canvas_set_open(
+                            canvas_id=canvas.pk,
+                            is_open=open_form.cleaned_data["is_open"],
+                            reason=open_form.cleaned_data["reason"],
+                            moderator_id=request.user.pk,
+                        )
+                    except moderation.ModerationError as error:
+                        self.message_user(request, str(error), messages.WARNING)
+                        return redirect("admin:canvas_canvas_moderate", pk=canvas.pk)
                     return self._done(request, action, canvas)
             else:
                 cooldown_form = forms.CooldownForm(request.POST, prefix="cooldown")
@@ -173,7 +178,10 @@ class CanvasAdmin(admin.ModelAdmin):
                         moderator_id=request.user.pk,
                     )
                     return self._done(request, action, canvas)
-        region_form = forms.RegionForm(request.GET or None, canvas=canvas)
+        # Its own element ids: the rollback form's boxes have the same names.
+        region_form = forms.RegionForm(
+            request.GET or None, canvas=canvas, auto_id="id_region_%s"
+        )
         region_src = None
         if region_form.is_valid():
             region_src = (
@@ -254,6 +262,23 @@ class PlacementAdmin(admin.ModelAdmin):
         ("placed_at__lte", "until"),
     ]
 
+    # The list's parameters a rollback scope can say (or that do not narrow it:
+    # search, ordering, page, "show all", facet counts), for _rollback_url.
+    SCOPED_PARAMS = {
+        "canvas__id__exact",
+        "player__id__exact",
+        "kind__exact",
+        "rolled_back__exact",
+        "x",
+        "y",
+        *(name for name, _ in RANGE_FIELDS),
+        "q",
+        "o",
+        "p",
+        "all",
+        "_facets",
+    }
+
     def has_add_permission(self, request) -> bool:
         return False
 
@@ -303,6 +328,9 @@ class PlacementAdmin(admin.ModelAdmin):
         canvas_id = query.get("canvas__id__exact", "")
         if (
             not request.user.has_perm(PERM_ROLLBACK)
+            # Any other lookup (`color__exact`, `seq__gte`, ...) narrows the
+            # list in a way no scope can say: the rollback would cover more.
+            or not set(original) <= self.SCOPED_PARAMS
             or not canvas_id.isdigit()
             or query.get("q")
             or query.get("kind__exact") == Placement.KIND_MODERATION
@@ -404,17 +432,17 @@ class PlacementAdmin(admin.ModelAdmin):
 
 @admin.register(Player)
 class PlayerAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "banned_until", "created_at", "history_link"]
+    list_display = ["name", "user", "ban", "created_at", "history_link"]
     search_fields = ["name", "user__username"]
     # Read-only: bans go through their own audited pages, and the session key
     # is a live cookie (whoever sees it can place as that player).
-    exclude = ["session_key"]
+    exclude = ["session_key", "banned_until"]  # shown as `ban`, in words
     readonly_fields = [
         "name",
         "user",
         "session",
         "created_at",
-        "banned_until",
+        "ban",
         "ban_reason",
         "placements_count",
         "first_placement",
@@ -438,6 +466,14 @@ class PlayerAdmin(admin.ModelAdmin):
         if obj is not None:
             obj.summary = mod_selectors.player_summary(player=obj)
         return obj
+
+    @admin.display(description="banned", ordering="banned_until")
+    def ban(self, obj: Player) -> str:
+        if obj.banned_until is None:
+            return "-"
+        if not obj.is_banned():
+            return f"no (ended {_when(obj.banned_until)})"
+        return _ban_end(obj.banned_until)
 
     @admin.display(description="session")
     def session(self, obj: Player) -> str:
@@ -485,7 +521,8 @@ class PlayerAdmin(admin.ModelAdmin):
     def ban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         _require(request, PERM_BAN)
         player = get_object_or_404(Player, pk=pk)
-        form = forms.BanForm(request.POST or None)
+        current = player.banned_until if player.is_banned() else None
+        form = forms.BanForm(request.POST or None, current_until=current)
         if request.method == "POST" and form.is_valid():
             try:
                 action = moderation.player_ban(
@@ -507,9 +544,15 @@ class PlayerAdmin(admin.ModelAdmin):
                         f"{rollback.placements_count} placements"
                     )
                     _log(self, request, rollback, message)
-                self.message_user(request, f"{player.name} is banned.")
+                self.message_user(request, _ban_message(player, action, form))
                 return redirect("admin:canvas_player_change", player.pk)
-        return _form_page(request, self, f"Ban {player.name}", form, "Ban")
+        notice = None
+        if current is not None:
+            notice = (
+                f"{player.name} is banned already, {_ban_end(current)}:"
+                f" “{player.ban_reason}”. A new ban replaces it."
+            )
+        return _form_page(request, self, f"Ban {player.name}", form, "Ban", notice)
 
     def unban_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         _require(request, PERM_BAN)
@@ -522,18 +565,42 @@ class PlayerAdmin(admin.ModelAdmin):
                 moderator_id=request.user.pk,
             )
             _log(self, request, action, f"unbanned {player.name}")
-            self.message_user(request, f"{player.name} may place again.")
+            # Not starting with the name: admin capitalises a message's first letter.
+            self.message_user(request, f"Unbanned {player.name}: they may place again.")
             return redirect("admin:canvas_player_change", player.pk)
         return _form_page(request, self, f"Unban {player.name}", form, "Unban")
 
 
-def _form_page(request, model_admin, title: str, form, submit: str) -> HttpResponse:
+def _ban_message(player: Player, ban: ModerationAction, form) -> str:
+    """What the ban did, rollbacks included, so the moderator can check or undo.
+
+    Not starting with the name: admin capitalises a message's first letter.
+    """
+    message = f"Banned {player.name} {_ban_end(parse_datetime(ban.scope['until']))}."
+    hours = form.cleaned_data.get("rollback_hours")
+    if hours and not ban.rollbacks:
+        message += (
+            f" Nothing of theirs from the last {hours:g} h was left to roll back."
+        )
+    for rollback in ban.rollbacks:
+        message += (
+            f" Rolled back {rollback.placements_count} placements on"
+            f" {rollback.canvas.slug}, {rollback.pixels_count} pixels changed"
+            f" (rollback #{rollback.pk})."
+        )
+    return message
+
+
+def _form_page(
+    request, model_admin, title: str, form, submit: str, notice: str | None = None
+) -> HttpResponse:
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
         "title": title,
         "form": form,
         "submit": submit,
+        "notice": notice,
     }
     return TemplateResponse(request, "admin/canvas/moderation_form.html", context)
 
@@ -571,37 +638,7 @@ class ModerationActionAdmin(admin.ModelAdmin):
 
     @admin.display(description="scope, in words")
     def scope_described(self, obj: ModerationAction) -> str:
-        """The stored scope with players by name, for the audit trail."""
-        scope = obj.scope or {}
-        parts = []
-        if scope.get("player_ids"):
-            players = Player.objects.filter(pk__in=scope["player_ids"])
-            shared = mod_selectors.names_shared(names=[p.name for p in players])
-            # A name another player also has gets its id, to tell them apart.
-            labels = [
-                f"{p.name} (#{p.pk})" if p.name in shared else p.name for p in players
-            ]
-            parts.append("players " + ", ".join(sorted(labels)))
-        if scope.get("placement_ids"):
-            parts.append(f"{len(scope['placement_ids'])} chosen placements")
-        if scope.get("region"):
-            x0, y0, x1, y1 = scope["region"]
-            parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
-        if obj.kind == ModerationAction.KIND_BAN:
-            until = parse_datetime(scope.get("until") or "")
-            forever = until is None or until >= moderation.BAN_FOREVER
-            parts.append("for good" if forever else f"until {_when(until)}")
-            if scope.get("rollback_hours"):
-                parts.append(f"their last {scope['rollback_hours']:g} h rolled back")
-        else:
-            for key in ("since", "until"):
-                if scope.get(key):
-                    parts.append(f"{key} {_when(parse_datetime(scope[key]))}")
-        if scope.get("undo_of"):
-            parts.append(f"undid rollback #{scope['undo_of']}")
-        if obj.kind == ModerationAction.KIND_COOLDOWN:
-            parts.append(f"cooldown {scope.get('from')} s → {scope['to']} s")
-        return "; ".join(parts) or "-"
+        return scope_in_words(kind=obj.kind, scope=obj.scope or {})
 
     def get_urls(self):
         view = self.admin_site.admin_view
@@ -669,7 +706,14 @@ class ModerationActionAdmin(admin.ModelAdmin):
             context["reason_form"] = forms.ApplyForm(
                 initial={"upto_seq": preview.upto_seq}
             )
-        context.update(canvas=canvas, preview=preview, **_pictures(canvas, preview))
+        context.update(
+            canvas=canvas,
+            preview=preview,
+            scope_words=scope_in_words(
+                kind=ModerationAction.KIND_ROLLBACK, scope=scope.to_json()
+            ),
+            **_pictures(canvas, preview),
+        )
         return TemplateResponse(request, "admin/canvas/rollback.html", context)
 
     def undo_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -699,7 +743,73 @@ class ModerationActionAdmin(admin.ModelAdmin):
                 _log(self, request, undo, message)
                 self.message_user(request, message)
                 return redirect("admin:canvas_moderationaction_change", undo.pk)
-        return _form_page(request, self, f"Undo {action}", form, "Undo")
+        notice = _undo_notice(action)
+        return _form_page(request, self, f"Undo {action}", form, "Undo", notice)
+
+
+def scope_in_words(*, kind: str, scope: dict) -> str:
+    """A stored scope with players by name, for the audit trail and previews."""
+    parts = []
+    if scope.get("player_ids"):
+        players = Player.objects.filter(pk__in=scope["player_ids"])
+        shared = mod_selectors.names_shared(names=[p.name for p in players])
+        # A name another player also has gets its id, to tell them apart.
+        labels = [
+            f"{p.name} (#{p.pk})" if p.name in shared else p.name for p in players
+        ]
+        parts.append("players " + ", ".join(sorted(labels)))
+    if scope.get("placement_ids"):
+        parts.append(f"{len(scope['placement_ids'])} chosen placements")
+    if scope.get("region"):
+        x0, y0, x1, y1 = scope["region"]
+        parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
+    if kind == ModerationAction.KIND_BAN:
+        until = parse_datetime(scope.get("until") or "")
+        forever = until is None or until >= moderation.BAN_FOREVER
+        parts.append("for good" if forever else f"until {_when(until)}")
+        if scope.get("rollback_hours"):
+            parts.append(f"their last {scope['rollback_hours']:g} h rolled back")
+    else:
+        for key in ("since", "until"):
+            if scope.get(key):
+                parts.append(f"{key} {_when(parse_datetime(scope[key]))}")
+    if scope.get("undo_of"):
+        parts.append(f"undid rollback #{scope['undo_of']}")
+    if kind == ModerationAction.KIND_COOLDOWN:
+        parts.append(f"cooldown {scope.get('from')} s → {scope['to']} s")
+    return "; ".join(parts) or "-"
+
+
+def _undo_notice(action: ModerationAction) -> str:
+    """What undoing `action` would restore, and what would still hold some of it."""
+    if action.kind != ModerationAction.KIND_ROLLBACK:
+        return moderation.MSG_NOT_ROLLBACK
+    if action.is_undone:
+        return f"{moderation.MSG_ALREADY_UNDONE[:-1]} ({_when(action.undone_at)})."
+    notice = (
+        f"Rollback #{action.pk} on {action.canvas.slug}, by"
+        f" {action.moderator or 'command line'} at {_when(action.created_at)}"
+        f" (“{action.reason}”): {scope_in_words(kind=action.kind, scope=action.scope)}."
+        f" It rolled back {action.placements_count} placements and changed"
+        f" {action.pixels_count} pixels."
+    )
+    holds = moderation.placements_held(action=action)
+    if holds != action.placements_count:
+        notice += (
+            f" It holds {holds} placements now (an undone rollback hands on"
+            " those another rollback's scope covers)."
+        )
+    notice += " Undoing shows them again wherever nothing newer does."
+    held = moderation.still_covered(action=action)
+    if held:
+        notice += " Still rolled back afterwards, until these are undone too: " + (
+            ", ".join(
+                f"rollback #{pk} ({count} placements)"
+                for pk, count in sorted(held.items())
+            )
+        )
+        notice += "."
+    return notice
 
 
 def _pictures(canvas: Canvas, preview: moderation.RollbackPreview) -> dict:
@@ -747,6 +857,13 @@ class ConnectionAdmin(admin.ModelAdmin):
     ]
     list_filter = [("canvas", CanvasListFilter), "server"]
     raw_id_fields = ["player"]
+
+
+def _ban_end(until) -> str:
+    """A ban's end in words: "for good" rather than the year 9999."""
+    if until is None:
+        return "-"
+    return "for good" if until >= moderation.BAN_FOREVER else f"until {_when(until)}"
 
 
 def _when(moment) -> str:

@@ -69,6 +69,8 @@ MSG_BAD_WINDOW = "“since” is later than “until”: that window holds no pl
 MSG_NOT_ROLLBACK = "Only a rollback can be undone."
 MSG_ALREADY_UNDONE = "That rollback has already been undone."
 MSG_REASON_REQUIRED = "Give a reason; it is kept with the action."
+MSG_ALREADY_PAUSED = "The canvas is already paused; nothing was done."
+MSG_ALREADY_OPEN = "The canvas is already open; nothing was done."
 MAX_REASON = ModerationAction._meta.get_field("reason").max_length
 MSG_REASON_TOO_LONG = f"Keep the reason to {MAX_REASON} characters."
 
@@ -537,6 +539,9 @@ def placements_rollback(
     upto_seq = _upto(canvas=canvas, upto_seq=upto_seq)
     in_scope = scope.q(canvas_id=canvas_id, upto_seq=upto_seq)
     pending = Placement.objects.filter(in_scope, rolled_back=False)
+    if player_id is None and len(scope.player_ids) == 1:
+        # About one player: listed and found under that player's name.
+        (player_id,) = scope.player_ids
     action = ModerationAction(
         kind=ModerationAction.KIND_ROLLBACK,
         canvas=canvas,
@@ -632,6 +637,12 @@ def _rollbacks_holding(*, canvas_id: int) -> QuerySet:
         undone_at__isnull=True,
         placements_count__gt=0,
     ).order_by("pk")
+
+
+def placements_held(*, action: ModerationAction) -> int:
+    """How many placements `action` keeps rolled back now: those it marked, and
+    any an undone rollback handed on to it because its scope covers them."""
+    return Placement.objects.filter(_rollback_q(action), rolled_back_by=action).count()
 
 
 def still_covered(*, action: ModerationAction) -> dict[int, int]:
@@ -747,9 +758,16 @@ def player_unban(
 def canvas_set_open(
     *, canvas_id: int, is_open: bool, reason: str, moderator_id: int | None = None
 ) -> ModerationAction:
-    """Pause or resume a canvas; placements are refused with canvas_closed at once."""
+    """Pause or resume a canvas; placements are refused with canvas_closed at once.
+
+    Asking for the state the canvas is in already is refused, not recorded: a
+    second "pause" (another moderator's, a form sent again) must not resume it.
+    """
     _reason_check(reason)
     with transaction.atomic():
+        canvas = Canvas.objects.select_for_update().only("is_open").get(pk=canvas_id)
+        if canvas.is_open == is_open:
+            raise ModerationError(MSG_ALREADY_OPEN if is_open else MSG_ALREADY_PAUSED)
         Canvas.objects.filter(pk=canvas_id).update(is_open=is_open)
         action = ModerationAction.objects.create(
             kind=ModerationAction.KIND_RESUME

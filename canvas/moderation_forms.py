@@ -10,6 +10,7 @@ from django.utils import timezone
 from . import services
 from .models import Canvas
 from .moderation import (
+    BAN_FOREVER,
     MAX_HOURS,
     MAX_HOURS_DELTA,
     ModerationError,
@@ -36,6 +37,16 @@ REGION_FIELDS = ("x0", "y0", "x1", "y1")
 
 class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=500, help_text=REASON_HELP)
+
+
+class OpenForm(ReasonForm):
+    """Pause or resume, saying which: a form sent twice must not undo itself."""
+
+    is_open = forms.TypedChoiceField(
+        choices=[("0", "pause"), ("1", "resume")],
+        coerce=lambda value: value == "1",
+        widget=forms.HiddenInput,
+    )
 
 
 class ApplyForm(ReasonForm):
@@ -161,6 +172,18 @@ class BanForm(ReasonForm):
         max_value=MAX_HOURS,
         help_text="also roll back their placements of the last N hours",
     )
+    # Shown only while the player is banned: a new ban replaces the current one.
+    shorten = forms.BooleanField(
+        required=False,
+        label="Shorten the current ban",
+        help_text="needed when this ban ends before the one in force",
+    )
+
+    def __init__(self, *args, current_until=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.current_until = current_until
+        if current_until is None:
+            del self.fields["shorten"]
 
     def clean_until(self):
         until = _utc(self.cleaned_data["until"])
@@ -174,13 +197,31 @@ class BanForm(ReasonForm):
         data = super().clean()
         if data.get("hours") and data.get("until"):
             raise forms.ValidationError("Give hours or an end time, not both.")
+        if (
+            self.current_until is not None
+            and not self.errors
+            and self.ends() < self.current_until
+            and not data.get("shorten")
+        ):
+            raise forms.ValidationError(MSG_BAN_SHORTER)
         return data
+
+    def ends(self):
+        """When the ban asked for would end (BAN_FOREVER: never)."""
+        duration = self.duration()
+        return timezone.now() + duration if duration else BAN_FOREVER
 
     def duration(self) -> timedelta | None:
         hours, until = self.cleaned_data.get("hours"), self.cleaned_data.get("until")
         if until:
             return until - timezone.now()
         return timedelta(hours=hours) if hours else None
+
+
+MSG_BAN_SHORTER = (
+    "This ban would end before the one in force (above); tick “Shorten the"
+    " current ban” to replace it with the shorter one."
+)
 
 
 class CooldownForm(ReasonForm):

@@ -1,6 +1,7 @@
 """Admin moderation: a moderator inspects, previews, rolls back, undoes, bans."""
 
 import importlib
+import re
 
 import pytest
 from django.apps import apps as django_apps
@@ -10,6 +11,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 
 from canvas import moderation, selectors, services
+from canvas import moderation_forms as forms
 from canvas.models import Canvas, ModerationAction, Placement, Player
 
 group_migration = importlib.import_module("canvas.migrations.0005_moderators_group")
@@ -182,7 +184,7 @@ def test_pause_and_cooldown_from_the_canvas_page(moderator, client, griefed):
     canvas, _, _ = griefed
     url = reverse("admin:canvas_canvas_moderate", args=[canvas.pk])
     assert client.get(url).status_code == 200
-    client.post(url, {"open-reason": "raid"})
+    client.post(url, {"open-reason": "raid", "open-is_open": "0"})
     assert not Canvas.objects.get(pk=canvas.pk).is_open
     client.post(url, {"cooldown-cooldown_seconds": "60", "cooldown-reason": "event"})
     assert Canvas.objects.get(pk=canvas.pk).cooldown_seconds == 60
@@ -856,3 +858,172 @@ def test_a_capped_count_says_so_and_its_pages_end_at_the_cap(
     assert past.status_code == 302  # past the last page, as anywhere in admin
     few = client.get(url, {"canvas__id__exact": canvas.pk, "x__lte": 1})
     assert "2 placements" in few.content.decode()
+
+
+def test_a_second_pause_leaves_the_canvas_paused(moderator, client, griefed):
+    """Two moderators (or one form sent again) pausing during a raid: the
+    second "Pause" used to resume the canvas, recorded as a resume."""
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_canvas_moderate", args=[canvas.pk])
+    page = client.get(url)
+    assert page.context["open_form"]["is_open"].value() == "0"
+    pause = {"open-reason": "raid", "open-is_open": "0"}
+    client.post(url, pause)
+    again = client.post(url, {**pause, "open-reason": "raid, pausing"}, follow=True)
+    assert not Canvas.objects.get(pk=canvas.pk).is_open
+    assert moderation.MSG_ALREADY_PAUSED in again.content.decode()
+    kinds = ModerationAction.objects.values_list("kind", flat=True)
+    assert list(kinds) == [ModerationAction.KIND_PAUSE]
+    # The page now offers to resume, and that resumes.
+    assert client.get(url).context["open_form"]["is_open"].value() == "1"
+    client.post(url, {"open-reason": "over", "open-is_open": "1"})
+    assert Canvas.objects.get(pk=canvas.pk).is_open
+
+
+def test_a_pause_post_that_does_not_say_which_changes_nothing(
+    moderator, client, griefed
+):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_canvas_moderate", args=[canvas.pk])
+    page = client.post(url, {"open-reason": "raid"})
+    assert page.status_code == 200
+    assert page.context["open_form"].errors
+    assert Canvas.objects.get(pk=canvas.pk).is_open
+    assert not ModerationAction.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "narrowed",
+    [{"color__exact": 5}, {"seq__gte": 3}, {"placed_at__gt": "2999-01-01T00:00Z"}],
+)
+def test_a_list_narrowed_by_a_lookup_no_scope_says_offers_no_rollback(
+    moderator, client, griefed, narrowed
+):
+    """The link would roll back every placement of the player, not the rows
+    the list shows (`placed_at__gt` in the future: none)."""
+    canvas, alice, _ = griefed
+    history = reverse("admin:canvas_placement_changelist")
+    query = {"canvas__id__exact": canvas.pk, "player__id__exact": alice.pk}
+    assert client.get(history, query).context["rollback_url"] is not None
+    listed = client.get(history, {**query, **narrowed})
+    assert listed.status_code == 200
+    assert listed.context["rollback_url"] is None
+
+
+def test_a_ban_says_what_its_rollback_did(moderator, client, griefed):
+    _, alice, _ = griefed
+    url = reverse("admin:canvas_player_ban", args=[alice.pk])
+    page = client.post(url, {"reason": "grief", "rollback_hours": "1"}, follow=True)
+    rollback = ModerationAction.objects.get(kind=ModerationAction.KIND_ROLLBACK)
+    shown = [str(m) for m in page.context["messages"]]
+    assert shown == [
+        f"Banned alice for good. Rolled back 2 placements on {rollback.canvas.slug},"
+        f" 2 pixels changed (rollback #{rollback.pk})."
+    ]
+    unban = reverse("admin:canvas_player_unban", args=[alice.pk])
+    page = client.post(unban, {"reason": "appeal"}, follow=True)
+    assert [str(m) for m in page.context["messages"]] == [
+        "Unbanned alice: they may place again."
+    ]
+
+
+def test_a_rollback_of_one_player_is_found_under_their_name(moderator, client, griefed):
+    canvas, alice, bob = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    scope = {"canvas": canvas.pk, "players": "alice"}
+    preview = client.get(url, scope)
+    client.post(
+        f"{url}?canvas={canvas.pk}&players=alice",
+        {"reason": "grief", **apply_form(preview)},
+    )
+    log = reverse("admin:canvas_moderationaction_changelist")
+    found = client.get(log, {"q": "alice"}).context["cl"].result_list
+    assert [(a.kind, a.player_id) for a in found] == [("rollback", alice.pk)]
+    assert not client.get(log, {"q": "bob"}).context["cl"].result_list
+
+
+def test_the_canvas_page_gives_each_box_its_own_id(moderator, client, griefed):
+    """The rollback and region forms share field names; clicking a label of
+    one must not focus a box of the other."""
+    canvas, _, _ = griefed
+    page = client.get(reverse("admin:canvas_canvas_moderate", args=[canvas.pk]))
+    ids = re.findall(r'\sid="([^"]+)"', page.content.decode())
+    assert len(ids) == len(set(ids))
+    assert "id_region_x0" in ids
+
+
+def test_a_ban_never_silently_shortens_the_one_in_force(moderator, client, griefed):
+    """A second moderator's one-hour ban used to replace a ban for good, the
+    ban page not even saying the player was banned."""
+    _, alice, _ = griefed
+    url = reverse("admin:canvas_player_ban", args=[alice.pk])
+    client.post(url, {"reason": "for good"})
+    page = client.get(url)
+    assert "alice is banned already, for good: “for good”" in page.content.decode()
+    refused = client.post(url, {"reason": "cool off", "hours": "1"})
+    assert forms.MSG_BAN_SHORTER in refused.context["form"].non_field_errors()
+    alice.refresh_from_db()
+    assert alice.banned_until == moderation.BAN_FOREVER
+    assert alice.ban_reason == "for good"
+    client.post(url, {"reason": "cool off", "hours": "1", "shorten": "on"})
+    alice.refresh_from_db()
+    assert alice.is_banned() and alice.banned_until < moderation.BAN_FOREVER
+    # A longer ban needs no tick.
+    client.post(url, {"reason": "again", "until": "2099-01-01 00:00"})
+    alice.refresh_from_db()
+    assert alice.banned_until.year == 2099
+
+
+def test_the_player_pages_say_for_good_not_the_year_9999(moderator, client, griefed):
+    _, alice, _ = griefed
+    client.post(reverse("admin:canvas_player_ban", args=[alice.pk]), {"reason": "x"})
+    listed = client.get(reverse("admin:canvas_player_changelist")).content.decode()
+    shown = client.get(reverse("admin:canvas_player_change", args=[alice.pk]))
+    for text in (listed, shown.content.decode()):
+        assert "for good" in text
+        assert "9999" not in text
+
+
+def test_the_undo_page_says_what_undoing_restores_and_what_still_holds(
+    moderator, client, griefed
+):
+    """Before, it showed a reason box only: that some placements would stay
+    rolled back, or that a rollback held more than it marked, was learnt after."""
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    client.post(url + f"?canvas={canvas.pk}&players=alice", {"reason": "one"})
+    client.post(url + f"?canvas={canvas.pk}&x0=0&y0=0&x1=3&y1=2", {"reason": "two"})
+    first, second = ModerationAction.objects.order_by("pk")
+    undo_first = reverse("admin:canvas_moderationaction_undo", args=[first.pk])
+    notice = client.get(undo_first).context["notice"]
+    assert f"Rollback #{first.pk} on {canvas.slug}, by mod at " in notice
+    assert "(“one”): players alice." in notice
+    assert "It rolled back 2 placements and changed 2 pixels." in notice
+    assert f"until these are undone too: rollback #{second.pk} (2 placements)" in (
+        notice
+    )
+    client.post(undo_first, {"reason": "oops"})
+    assert "already been undone" in client.get(undo_first).context["notice"]
+    undo_second = reverse("admin:canvas_moderationaction_undo", args=[second.pk])
+    notice = client.get(undo_second).context["notice"]
+    assert "It rolled back 1 placements and changed 1 pixels." in notice
+    assert "It holds 3 placements now" in notice
+
+
+def test_the_preview_names_its_scope_in_words(moderator, client, griefed):
+    canvas, alice, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    page = client.get(
+        url,
+        {
+            "canvas": canvas.pk,
+            "players": f"#{alice.pk}",
+            "x0": 0,
+            "y0": 0,
+            "x1": 3,
+            "y1": 2,
+        },
+    )
+    assert "Scope: players alice; region (0, 0) to (3, 2) inclusive." in (
+        page.content.decode()
+    )

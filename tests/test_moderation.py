@@ -465,6 +465,24 @@ def test_pause_refuses_placements_and_tells_every_process(
     assert list(kinds) == ["pause", "resume"]
 
 
+def test_pausing_a_paused_canvas_is_refused_and_not_recorded(
+    make_canvas, run, monkeypatch
+):
+    canvas = make_canvas(cooldown=0)
+    told = []
+    monkeypatch.setattr(broadcast, "_send_now_or_later", lambda c, m: told.append(c))
+    run(moderation.canvas_set_open, canvas_id=canvas.pk, is_open=False, reason="x")
+    with pytest.raises(moderation.ModerationError, match="already paused"):
+        run(moderation.canvas_set_open, canvas_id=canvas.pk, is_open=False, reason="y")
+    run(moderation.canvas_set_open, canvas_id=canvas.pk, is_open=True, reason="z")
+    with pytest.raises(moderation.ModerationError, match="already open"):
+        run(moderation.canvas_set_open, canvas_id=canvas.pk, is_open=True, reason="w")
+    assert Canvas.objects.get(pk=canvas.pk).is_open
+    kinds = ModerationAction.objects.order_by("pk").values_list("kind", flat=True)
+    assert list(kinds) == ["pause", "resume"]
+    assert told == [canvas.pk, canvas.pk]
+
+
 def test_shorter_cooldown_shortens_running_cooldowns(make_canvas, players, run):
     canvas = make_canvas(cooldown=300)
     place(run, canvas, players[0], 0, 0, 5)
@@ -757,7 +775,7 @@ def test_every_recorded_action_is_one_structured_log_line(
         "kind=pause",
     ]
     assert lines[0].startswith(f"event=moderation action={rollback.pk} ")
-    assert f"canvas={canvas.pk} player=None moderator=None" in lines[0]
+    assert f"canvas={canvas.pk} player={alice.pk} moderator=None" in lines[0]
     assert "placements=2 pixels=2" in lines[0]
     assert lines[0].endswith('reason="griefing \\"art\\""')
     assert f"player={bob.pk}" in lines[2]
