@@ -278,23 +278,33 @@ def ingest_log(monkeypatch, caplog) -> None:
     monkeypatch.setattr(ingest.log, "handlers", [*ingest.log.handlers, caplog.handler])
 
 
+def on_next_commit(monkeypatch, action) -> list:
+    """Run `action(wrapper, real_commit)` instead of the ingest thread's next
+    COMMIT (every other commit goes through); the list fills once it has."""
+    wrapper = type(connection._connections["default"])
+    real = wrapper._commit
+    done: list = []
+
+    def instead(self):
+        if threading.current_thread().name != "canvas-ingest" or done:
+            return real(self)
+        done.append(True)
+        return action(self, real)
+
+    monkeypatch.setattr(wrapper, "_commit", instead)
+    return done
+
+
 def commit_that_fails(monkeypatch, *, after_commit: bool) -> list:
     """The ingest thread's next COMMIT raises as if its connection died at that
     moment: after the database committed (`after_commit`) or before."""
-    wrapper = type(connection._connections["default"])
-    real = wrapper._commit
-    failed: list = []
 
-    def flaky(self):
-        if threading.current_thread().name != "canvas-ingest" or failed:
-            return real(self)
-        failed.append(True)
+    def fail(self, real) -> None:
         if after_commit:
             real(self)
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(wrapper, "_commit", flaky)
-    return failed
+    return on_next_commit(monkeypatch, fail)
 
 
 async def test_a_batch_that_committed_although_its_commit_failed_is_accepted(
@@ -448,14 +458,8 @@ async def test_the_look_after_a_failed_commit_waits_for_that_commit_to_end(
     await adb(trigger)(True)
     try:
         (player,) = await adb(players)(1)
-        wrapper = type(connection._connections["default"])
-        real = wrapper._commit
-        cut: list = []
 
-        def commit_on_a_link_that_dies(self):
-            if threading.current_thread().name != "canvas-ingest" or cut:
-                return real(self)
-            cut.append(True)
+        def commit_on_a_link_that_dies(self, real):
             fd = self.connection.pgconn.socket
 
             def sever() -> None:  # the network goes while the COMMIT runs
@@ -467,7 +471,7 @@ async def test_the_look_after_a_failed_commit_waits_for_that_commit_to_end(
             threading.Thread(target=sever).start()
             return real(self)
 
-        monkeypatch.setattr(wrapper, "_commit", commit_on_a_link_that_dies)
+        cut = on_next_commit(monkeypatch, commit_on_a_link_that_dies)
         (result,) = await submit_all([ingest.PlaceRequest(canvas.pk, player, 7, 7, 9)])
         assert cut
         assert isinstance(result, services.PlacementResult), caplog.text
