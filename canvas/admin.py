@@ -171,12 +171,18 @@ class CanvasAdmin(admin.ModelAdmin):
             else:
                 cooldown_form = forms.CooldownForm(request.POST, prefix="cooldown")
                 if cooldown_form.is_valid():
-                    action = moderation.canvas_set_cooldown(
-                        canvas_id=canvas.pk,
-                        cooldown_seconds=cooldown_form.cleaned_data["cooldown_seconds"],
-                        reason=cooldown_form.cleaned_data["reason"],
-                        moderator_id=request.user.pk,
-                    )
+                    try:
+                        action = moderation.canvas_set_cooldown(
+                            canvas_id=canvas.pk,
+                            cooldown_seconds=cooldown_form.cleaned_data[
+                                "cooldown_seconds"
+                            ],
+                            reason=cooldown_form.cleaned_data["reason"],
+                            moderator_id=request.user.pk,
+                        )
+                    except moderation.ModerationError as error:
+                        self.message_user(request, str(error), messages.WARNING)
+                        return redirect("admin:canvas_canvas_moderate", pk=canvas.pk)
                     return self._done(request, action, canvas)
         # Its own element ids: the rollback form's boxes have the same names.
         region_form = forms.RegionForm(
@@ -559,11 +565,15 @@ class PlayerAdmin(admin.ModelAdmin):
         player = get_object_or_404(Player, pk=pk)
         form = forms.ReasonForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            action = moderation.player_unban(
-                player_id=player.pk,
-                reason=form.cleaned_data["reason"],
-                moderator_id=request.user.pk,
-            )
+            try:
+                action = moderation.player_unban(
+                    player_id=player.pk,
+                    reason=form.cleaned_data["reason"],
+                    moderator_id=request.user.pk,
+                )
+            except moderation.ModerationError as error:  # not banned (any more)
+                self.message_user(request, str(error), messages.WARNING)
+                return redirect("admin:canvas_player_change", player.pk)
             _log(self, request, action, f"unbanned {player.name}")
             # Not starting with the name: admin capitalises a message's first letter.
             self.message_user(request, f"Unbanned {player.name}: they may place again.")

@@ -71,6 +71,8 @@ MSG_ALREADY_UNDONE = "That rollback has already been undone."
 MSG_REASON_REQUIRED = "Give a reason; it is kept with the action."
 MSG_ALREADY_PAUSED = "The canvas is already paused; nothing was done."
 MSG_ALREADY_OPEN = "The canvas is already open; nothing was done."
+MSG_NOT_BANNED = "That player is not banned; nothing was done."
+MSG_SAME_COOLDOWN = "The cooldown is that already; nothing was done."
 MAX_REASON = ModerationAction._meta.get_field("reason").max_length
 MSG_REASON_TOO_LONG = f"Keep the reason to {MAX_REASON} characters."
 
@@ -744,6 +746,12 @@ def player_unban(
 ) -> ModerationAction:
     _reason_check(reason)
     with transaction.atomic():
+        player = (
+            Player.objects.select_for_update().only("banned_until").get(pk=player_id)
+        )
+        # Not banned (never, lifted, or ended): nothing to lift, nothing to record.
+        if player.banned_until is None or player.banned_until <= timezone.now():
+            raise ModerationError(MSG_NOT_BANNED)
         Player.objects.filter(pk=player_id).update(banned_until=None, ban_reason="")
         _tell_player(player_id)
         unban = ModerationAction.objects.create(
@@ -796,6 +804,8 @@ def canvas_set_cooldown(
     with transaction.atomic():
         canvas = Canvas.objects.select_for_update().get(pk=canvas_id)
         previous = canvas.cooldown_seconds
+        if previous == cooldown_seconds:  # no running cooldown is longer either
+            raise ModerationError(MSG_SAME_COOLDOWN)
         canvas.cooldown_seconds = cooldown_seconds
         canvas.save(update_fields=["cooldown_seconds"])
         latest = now + timedelta(seconds=cooldown_seconds)

@@ -925,6 +925,13 @@ def test_a_ban_says_what_its_rollback_did(moderator, client, griefed):
     assert [str(m) for m in page.context["messages"]] == [
         "Unbanned alice: they may place again."
     ]
+    # Sent again (a second moderator, the back button): nothing to lift.
+    recorded = ModerationAction.objects.count()
+    page = client.post(unban, {"reason": "appeal"}, follow=True)
+    assert [str(m) for m in page.context["messages"]] == [
+        "That player is not banned; nothing was done."
+    ]
+    assert ModerationAction.objects.count() == recorded
 
 
 def test_a_rollback_of_one_player_is_found_under_their_name(moderator, client, griefed):

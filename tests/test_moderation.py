@@ -779,3 +779,32 @@ def test_every_recorded_action_is_one_structured_log_line(
     assert "placements=2 pixels=2" in lines[0]
     assert lines[0].endswith('reason="griefing \\"art\\""')
     assert f"player={bob.pk}" in lines[2]
+
+
+def test_no_op_unbans_and_cooldown_changes_are_refused_and_not_recorded(
+    make_canvas, players
+):
+    """The audit trail holds what changed: lifting no ban, or setting the
+    cooldown it has, is refused with a message and records nothing."""
+    canvas = make_canvas(slug="no-ops", width=8, height=8, cooldown=30)
+    alice = players[0]
+    with pytest.raises(moderation.ModerationError, match="not banned"):
+        moderation.player_unban(player_id=alice.pk, reason="appeal")
+    moderation.player_ban(
+        player_id=alice.pk, reason="cool off", duration=timedelta(hours=1)
+    )
+    Player.objects.filter(pk=alice.pk).update(
+        banned_until=timezone.now() - timedelta(seconds=1)
+    )  # the ban has run out
+    with pytest.raises(moderation.ModerationError, match="not banned"):
+        moderation.player_unban(player_id=alice.pk, reason="appeal")
+    with pytest.raises(moderation.ModerationError, match="cooldown is that already"):
+        moderation.canvas_set_cooldown(
+            canvas_id=canvas.pk, cooldown_seconds=30, reason="same"
+        )
+    kinds = list(ModerationAction.objects.values_list("kind", flat=True))
+    assert kinds == [ModerationAction.KIND_BAN]
+    action = moderation.canvas_set_cooldown(
+        canvas_id=canvas.pk, cooldown_seconds=10, reason="faster"
+    )
+    assert action.scope == {"from": 30, "to": 10}
