@@ -2,6 +2,7 @@
 
 import importlib
 import re
+from datetime import timedelta
 
 import pytest
 from django.apps import apps as django_apps
@@ -9,6 +10,7 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from django.utils import timezone
 
 from canvas import moderation, selectors, services
 from canvas import moderation_forms as forms
@@ -378,6 +380,21 @@ def test_player_page_hides_the_session_key_and_edits_nothing(
     ).content.decode()
     assert 'name="_save"' not in content
     assert reverse("admin:canvas_player_delete", args=[alice.pk]) not in content
+
+
+def test_the_unban_link_shows_only_while_a_ban_is_in_force(moderator, client, griefed):
+    _, alice, _ = griefed
+    page = reverse("admin:canvas_player_change", args=[alice.pk])
+    unban = reverse("admin:canvas_player_unban", args=[alice.pk])
+    assert unban not in client.get(page).content.decode()
+    moderation.player_ban(
+        player_id=alice.pk, reason="cool off", duration=timedelta(hours=1)
+    )
+    assert unban in client.get(page).content.decode()
+    Player.objects.filter(pk=alice.pk).update(
+        banned_until=timezone.now() - timedelta(minutes=1)
+    )  # ran out
+    assert unban not in client.get(page).content.decode()
 
 
 def test_a_form_error_is_shown_once(moderator, client, griefed):
