@@ -180,11 +180,7 @@ def chunks_write(*, canvas_id: int, chunks: dict) -> None:
                     # prepared statements.
                     prepare=False,
                 )
-                if cursor.rowcount != len(part):
-                    raise RuntimeError(
-                        f"canvas {canvas_id}: {len(part) - cursor.rowcount} of"
-                        f" {len(part)} chunk rows to write are missing"
-                    )
+                _all_written(canvas_id, part, cursor.rowcount)
         return
     # SQLite: one UPDATE ... FROM (VALUES ...) per few hundred chunks, not one
     # step each: sqlite3 lets go of the GIL around every step, and the ingest
@@ -203,11 +199,17 @@ def chunks_write(*, canvas_id: int, chunks: dict) -> None:
                     canvas_id,
                 ],
             )
-            if cursor.rowcount != len(part):
-                raise RuntimeError(
-                    f"canvas {canvas_id}: {len(part) - cursor.rowcount} of"
-                    f" {len(part)} chunk rows to write are missing"
-                )
+            _all_written(canvas_id, part, cursor.rowcount)
+
+
+def _all_written(canvas_id: int, part: list, rowcount: int) -> None:
+    """Every chunk row exists for as long as its canvas: fewer rows written
+    than chunks given is a bug to fail on, not a board to leave half drawn."""
+    if rowcount != len(part):
+        raise RuntimeError(
+            f"canvas {canvas_id}: {len(part) - rowcount} of"
+            f" {len(part)} chunk rows to write are missing"
+        )
 
 
 def chunks_apply(*, canvas_id: int, changes: list[tuple[int, int, int]]) -> list[int]:

@@ -68,14 +68,7 @@ def send_ready(road: Road, data: bytes) -> bool:
         or transport._tempDataLen
     ):
         return False
-    try:
-        sent = raw.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError:  # the connection is going; twisted will notice
-        return True
-    if sent < len(data):
-        transport.write(data[sent:])
+    _to_kernel(raw, transport, data)
     return True
 
 
@@ -109,8 +102,13 @@ def _send(transport, data: bytes, unsent: int) -> None:
         # Behind bytes already queued (order), or not plain TCP: twisted's way.
         transport.write(data)
         return
-    # Nothing queued: try the kernel first. Most frames go out whole and
-    # skip twisted's buffer, its two epoll_ctl calls and a loop iteration.
+    _to_kernel(raw, transport, data)
+
+
+def _to_kernel(raw, transport, data: bytes) -> None:
+    """With nothing queued: the kernel first. Most frames go out whole and
+    skip twisted's buffer, its two epoll_ctl calls and a loop iteration; what
+    the kernel does not take waits in twisted's buffer, in order."""
     try:
         sent = raw.send(data)
     except (BlockingIOError, InterruptedError):

@@ -43,6 +43,15 @@ def players(count: int) -> list[int]:
     return [Player.objects.create(name=f"p{i}").pk for i in range(count)]
 
 
+def fails(message: str):
+    """A stand-in that raises the database error a lost connection would."""
+
+    def broken(*args, **kwargs):
+        raise OperationalError(message)
+
+    return broken
+
+
 async def submit_all(requests: list[ingest.PlaceRequest]) -> list:
     return await asyncio.gather(
         *(ingest.batcher.submit(r) for r in requests), return_exceptions=True
@@ -252,11 +261,8 @@ async def test_a_database_failure_fails_the_whole_batch_and_writes_nothing(
     ids = await adb(players)(5)
     board_before = await adb(selectors.board_assemble)(canvas)
 
-    def broken(*args, **kwargs):
-        raise OperationalError("disk on fire")
-
     # Fails after the cooldowns, seqs and chunks of the batch were written.
-    monkeypatch.setattr(ingest, "_placements_insert", broken)
+    monkeypatch.setattr(ingest, "_placements_insert", fails("disk on fire"))
     results = await submit_all(
         [ingest.PlaceRequest(canvas.pk, p, i, 0, 4) for i, p in enumerate(ids)]
     )
@@ -350,10 +356,7 @@ async def test_a_failed_commit_that_cannot_be_looked_up_says_it_may_have_committ
     ids = await adb(players)(2)
     commit_that_fails(monkeypatch, after_commit=True)
 
-    def unreachable(*args, **kwargs):
-        raise OperationalError("connection refused")
-
-    monkeypatch.setattr(ingest, "committed_anyway", unreachable)
+    monkeypatch.setattr(ingest, "committed_anyway", fails("connection refused"))
     results = await submit_all(
         [ingest.PlaceRequest(canvas.pk, p, i, 2, 6) for i, p in enumerate(ids)]
     )
@@ -487,10 +490,7 @@ async def test_the_consumer_answers_unavailable_when_the_batch_fails(
     key = await adb(session_key_create)(seen=True)
     client, _ = await connect("ingest", session_key=key)
 
-    def broken(*args, **kwargs):
-        raise OperationalError("gone")
-
-    monkeypatch.setattr(ingest, "_placements_insert", broken)
+    monkeypatch.setattr(ingest, "_placements_insert", fails("gone"))
     await send(client, {"type": "place", "x": 1, "y": 1, "color": 2})
     reply = await receive_type(client, "rejected")
     assert reply["code"] == "unavailable"
