@@ -408,7 +408,7 @@ async def test_a_connection_cut_between_batches_runs_the_next_batch_again(
         pytest.skip("a backend to terminate (PostgreSQL)")
     settings.PLACE_INGEST_IDLE_CLOSE = 30  # keep it, as under load
     ingest_log(monkeypatch, caplog)
-    ids = await adb(players)(3)
+    ids = await adb(players)(4)
     pids: list = []
     real = ingest._commit_canvas
 
@@ -421,12 +421,16 @@ async def test_a_connection_cut_between_batches_runs_the_next_batch_again(
     assert isinstance(first, services.PlacementResult)
     await adb(pg_terminate)(pids[0])
     results = await submit_all(
-        [ingest.PlaceRequest(canvas.pk, p, i, 3, 6) for i, p in enumerate(ids[1:])]
+        [ingest.PlaceRequest(canvas.pk, p, i, 3, 6) for i, p in enumerate(ids[1:3])]
     )
     assert all(isinstance(r, services.PlacementResult) for r in results)
     assert "running it again on a fresh one" in caplog.text
     assert pids[-1] != pids[0]
     assert await adb(Placement.objects.count)() == 3
+    # Back to giving the connection up when idle, or the writer would hold it
+    # for 30 s and the test database could not be dropped after the suite.
+    settings.PLACE_INGEST_IDLE_CLOSE = 0.05
+    await submit_all([ingest.PlaceRequest(canvas.pk, ids[3], 9, 9, 1)])
 
 
 async def test_the_look_after_a_failed_commit_waits_for_that_commit_to_end(
