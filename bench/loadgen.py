@@ -234,9 +234,21 @@ def build_wsload() -> Path:
     return WSLOAD
 
 
+# The load processes' scheduling policy (bench/run.py --loadgen-sched). On
+# loopback every frame the server writes wakes the load process that reads it,
+# and under the default policy that wake-up preempts the server in the middle
+# of its frame: some 1,200 preemptions per 2,500-socket frame, measured, where
+# real browsers on other machines cost the server none. SCHED_BATCH keeps the
+# load processes' CPU and their place in the queue but lets no wake-up of
+# theirs preempt the server (bench/RESULTS.md, fan-out, 2026-11-28).
+SCHED = "batch"
+
+
 def run_worker(job: dict, ready, go, results) -> None:
     """Entry point of a worker process: `job` says which role and how much."""
     raise_fd_limit()
+    if SCHED == "batch":  # inherited by bench/wsload.c's child process
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     if job.get("engine") == "c":
         results.put(_c_worker(job, ready, go))
         return

@@ -22,6 +22,9 @@ default when a C compiler is there): it takes about half the CPU of the asyncio
 client, most of what is left being the kernel's TCP work. `--engine python` runs
 the asyncio client of bench/loadgen.py instead, the reference with the same
 semantics. Every report gives the load generator's own CPU (`loadgen_cpu_cores`).
+The load processes run under SCHED_BATCH (`--loadgen-sched batch`, the
+default): their wake-ups on loopback do not preempt the servers mid-frame, as
+remote browsers' cannot; `--loadgen-sched normal` measures without it.
 """
 
 import argparse
@@ -671,14 +674,25 @@ def main() -> None:
         help="the load generator: bench/wsload.c (default with a C compiler) "
         "or the asyncio reference in bench/loadgen.py",
     )
+    parser.add_argument(
+        "--loadgen-sched",
+        choices=["batch", "normal"],
+        default="batch",
+        help="the load processes' scheduling policy: SCHED_BATCH (default: their "
+        "wake-ups do not preempt the servers, as remote browsers' cannot) or "
+        "the default policy",
+    )
     args = parser.parse_args()
     loadgen.raise_fd_limit()
+    loadgen.SCHED = args.loadgen_sched
     argv = sys.argv[1:]
     if args.engine is None:
         args.engine = "c" if loadgen.compiler() else "python"
         if args.engine == "python":
             print("no C compiler (cc or $CC): the load generator runs in Python")
         argv.append(f"--engine {args.engine}")
+    if "--loadgen-sched" not in " ".join(argv):
+        argv.append(f"--loadgen-sched {args.loadgen_sched}")
     if args.engine == "c":
         loadgen.build_wsload()  # once, before the workers fork
     command = "bench/run.py " + " ".join(argv)
