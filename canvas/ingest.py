@@ -24,6 +24,7 @@ from django.db.models import BooleanField, Count, Q
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from psycopg_pool import PoolTimeout
 
 from . import broadcast, metrics, services
 from . import exceptions as exc
@@ -175,9 +176,26 @@ def _database_answers() -> bool:
         return True  # no pool: the retry's connect fails as fast as this would
     try:
         conn = pool.getconn(timeout=RETRY_WAIT)  # checked by the pool
+    except PoolTimeout:
+        # No slot within RETRY_WAIT: an outage, or only a busy pool (a storm
+        # of handshakes holds every connection). Ask the server itself.
+        return _server_answers()
     except Exception:
         return False
     pool.putconn(conn)
+    return True
+
+
+def _server_answers() -> bool:
+    """Whether the database server takes a new connection of its own, outside
+    the pool, within RETRY_WAIT (libpq counts whole seconds: 2 at least)."""
+    params = connection.get_connection_params()
+    params["connect_timeout"] = max(2, round(RETRY_WAIT))
+    try:
+        probe = connection.Database.connect(**params)
+    except Exception:
+        return False
+    probe.close()
     return True
 
 

@@ -433,6 +433,71 @@ async def test_a_connection_cut_between_batches_runs_the_next_batch_again(
     await submit_all([ingest.PlaceRequest(canvas.pk, ids[3], 9, 9, 1)])
 
 
+async def test_a_cut_connection_is_retried_while_a_busy_pool_has_no_free_slot(
+    canvas, settings, monkeypatch, caplog
+):
+    """PostgreSQL: with every pooled connection busy (a storm of handshakes),
+    the retry after a cut connection still runs: the server itself answers,
+    so the players wait for a slot rather than get `unavailable`."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a pool and a backend to terminate (PostgreSQL)")
+    from psycopg_pool import PoolTimeout
+
+    settings.PLACE_INGEST_IDLE_CLOSE = 30  # keep it, as under load
+    ingest_log(monkeypatch, caplog)
+    ids = await adb(players)(3)
+    pids: list = []
+    real = ingest._commit_canvas
+
+    def note_pid(*args, **kwargs):
+        pids.append(connection.connection.info.backend_pid)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_commit_canvas", note_pid)
+    await submit_all([ingest.PlaceRequest(canvas.pk, ids[0], 0, 0, 1)])
+    await adb(pg_terminate)(pids[0])
+    pool = connection.pool
+    held = []
+    while True:  # every free slot, as the storm's threads would hold them
+        try:
+            held.append(pool.getconn(timeout=0.2))
+        except PoolTimeout:
+            break
+
+    def give_back():
+        for conn in held:
+            pool.putconn(conn)
+
+    threading.Timer(ingest.RETRY_WAIT + 1.0, give_back).start()
+    results = await submit_all(
+        [ingest.PlaceRequest(canvas.pk, p, i, 4, 2) for i, p in enumerate(ids[1:])]
+    )
+    assert held, "the test held no pooled connection"
+    assert all(isinstance(r, services.PlacementResult) for r in results), results
+    assert "running it again on a fresh one" in caplog.text
+    assert await adb(Placement.objects.count)() == 3
+    settings.PLACE_INGEST_IDLE_CLOSE = 0.05  # as in the test above
+    await submit_all([ingest.PlaceRequest(canvas.pk, ids[0], 9, 9, 1)])
+
+
+def test_a_database_server_that_refuses_connections_does_not_answer(monkeypatch, db):
+    """The probe behind a busy pool: a server that is not there is an
+    outage (no retry), one that takes the connection is up."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the probe connects with psycopg (PostgreSQL)")
+    assert ingest._server_answers()
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        closed_port = spare.getsockname()[1]  # nothing listens once closed
+    real = connection.get_connection_params
+    monkeypatch.setattr(
+        connection,
+        "get_connection_params",
+        lambda: {**real(), "host": "127.0.0.1", "port": closed_port},
+    )
+    assert not ingest._server_answers()
+
+
 async def test_the_look_after_a_failed_commit_waits_for_that_commit_to_end(
     canvas, monkeypatch, caplog
 ):
