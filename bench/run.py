@@ -380,6 +380,9 @@ def ingest(args, design: str, database: str) -> dict:
         "accepted": accepted,
         "committed_rows": int(committed),
         "accepted_per_s": round(accepted / args.seconds, 1),
+        # Per load process, each on one server: how evenly the servers' players
+        # were served (one server's writer can starve the other's).
+        "accepted_by_proc": [r["accepted"] for r in reports],
         "rejected": _merge([r["codes"] for r in reports]),
         **batches,
         **_usage(usage, reports),
