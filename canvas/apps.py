@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db import connections
 from django.db.models.signals import post_migrate
 
 
@@ -8,6 +9,10 @@ class CanvasConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_ensure_main_canvas, sender=self)
+        if connections["default"].settings_dict["OPTIONS"].get("pool"):
+            from . import dbpool
+
+            dbpool.install()
 
 
 def _ensure_main_canvas(sender, using="default", **kwargs) -> None:
