@@ -3,6 +3,7 @@
 import importlib
 import re
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.apps import apps as django_apps
@@ -334,7 +335,10 @@ def test_a_region_picture_outside_the_canvas_is_refused_like_a_rollback(
     url = reverse("admin:canvas_canvas_region_png", args=[canvas.pk])
     response = client.get(url, {"x0": 100, "y0": 100, "x1": 200, "y1": 200})
     assert response.status_code == 400
-    assert b"inside the canvas" in response.content
+    assert response.content.decode() == (
+        "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1:"
+        " x must be 0–31 and y 0–15 on canvas test (32×16)."
+    )
     early = {"x0": 0, "y0": 0, "x1": 1, "y1": 1, "at": "0001-01-01T00:00+05:00"}
     response = client.get(url, early)
     assert response.status_code == 400
@@ -344,7 +348,7 @@ def test_a_region_picture_outside_the_canvas_is_refused_like_a_rollback(
         {"x0": 3, "y0": 0, "x1": 1, "y1": 0},
     )
     assert page.context["region_src"] is None
-    assert "inside the canvas" in page.content.decode()
+    assert "x must be 0–31 and y 0–15 on canvas test (32×16)" in page.content.decode()
 
 
 def test_a_rollback_that_would_mark_nothing_is_not_offered_nor_applied(
@@ -712,14 +716,15 @@ def test_since_after_until_is_refused(moderator, client, griefed):
     assert not ModerationAction.objects.exists()
 
 
-def test_a_bound_out_of_range_shows_only_its_own_error(moderator, client, griefed):
+def test_a_negative_bound_names_the_canvas_bounds_once(moderator, client, griefed):
     from canvas.moderation_forms import MSG_REGION_PARTIAL
 
     canvas, _, _ = griefed
     url = reverse("admin:canvas_moderationaction_rollback")
     page = client.get(url, {"canvas": canvas.pk, "x0": -5, "y0": 0, "x1": 3, "y1": 2})
     text = page.content.decode()
-    assert "greater than or equal to 0" in text
+    # Not "greater than or equal to 0" alone: the canvas's bounds, once.
+    assert text.count("x must be 0–31 and y 0–15 on canvas test (32×16)") == 1
     assert MSG_REGION_PARTIAL not in text
     partial = client.get(url, {"canvas": canvas.pk, "x0": 1})
     assert MSG_REGION_PARTIAL in partial.content.decode()
@@ -1051,3 +1056,27 @@ def test_the_preview_names_its_scope_in_words(moderator, client, griefed):
     assert "Scope: players alice; region (0, 0) to (3, 2) inclusive." in (
         page.content.decode()
     )
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        {"x0": 0, "y0": 0, "x1": 32, "y1": 1},  # one past the right edge
+        {"x0": 3, "y0": 0, "x1": 1, "y1": 1},  # back to front
+        {"x0": 0, "y0": -1, "x1": 1, "y1": 1},  # above the top
+    ],
+)
+def test_a_rollback_outside_the_canvas_names_its_bounds(
+    moderator, client, griefed, region
+):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    query = {"canvas": canvas.pk, "players": "alice", **region}
+    bounds = "x must be 0–31 and y 0–15 on canvas test (32×16)."
+    preview = client.get(url, query)
+    assert preview.context.get("preview") is None
+    assert preview.content.decode().count(bounds) == 1
+    applied = client.post(f"{url}?{urlencode(query)}", {"reason": "grief"})
+    assert applied.status_code == 200
+    assert bounds in applied.content.decode()
+    assert not ModerationAction.objects.exists()
