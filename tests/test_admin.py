@@ -695,8 +695,8 @@ def test_an_undo_names_every_rollback_that_still_covers_its_placements(
     undo = reverse("admin:canvas_moderationaction_undo", args=[first.pk])
     page = client.post(undo, {"reason": "oops"}, follow=True).content.decode()
     assert (
-        f"still rolled back by rollback #{second.pk} (1 placements),"
-        f" rollback #{third.pk} (1 placements)" in page
+        f"still rolled back by rollback #{second.pk} (1 placement),"
+        f" rollback #{third.pk} (1 placement)" in page
     )
 
 
@@ -1035,7 +1035,7 @@ def test_the_undo_page_says_what_undoing_restores_and_what_still_holds(
     assert "already been undone" in client.get(undo_first).context["notice"]
     undo_second = reverse("admin:canvas_moderationaction_undo", args=[second.pk])
     notice = client.get(undo_second).context["notice"]
-    assert "It rolled back 1 placements and changed 1 pixels." in notice
+    assert "It rolled back 1 placement and changed 1 pixel." in notice
     assert "It holds 3 placements now" in notice
 
 
@@ -1056,6 +1056,52 @@ def test_the_preview_names_its_scope_in_words(moderator, client, griefed):
     assert "Scope: players alice; region (0, 0) to (3, 2) inclusive." in (
         page.content.decode()
     )
+
+
+def test_counts_of_one_read_in_the_singular(moderator, client, griefed):
+    """The preview, its scope, the applied and undone messages, the undo page
+    and the admin log said "1 placements" and "1 pixels"."""
+    canvas, alice, _ = griefed
+    one = Placement.objects.get(player=alice, x=2).pk
+    url = reverse("admin:canvas_moderationaction_rollback")
+    query = f"?canvas={canvas.pk}&ids={one}"
+    preview = client.get(url + query)
+    text = preview.content.decode()
+    assert (
+        "This would roll back <strong>1</strong> placement and change"
+        " <strong>1</strong> pixel." in text
+    )
+    assert "Scope: 1 placement chosen." in text
+    applied = client.post(
+        url + query, {"reason": "grief", **apply_form(preview)}, follow=True
+    )
+    assert [str(m) for m in applied.context["messages"]] == [
+        "1 placement rolled back, 1 pixel changed"
+    ]
+    action = ModerationAction.objects.get()
+    logged = LogEntry.objects.get(object_id=str(action.pk))
+    assert logged.change_message == "1 placement rolled back, 1 pixel changed"
+    undo = reverse("admin:canvas_moderationaction_undo", args=[action.pk])
+    notice = client.get(undo).context["notice"]
+    assert "It rolled back 1 placement and changed 1 pixel." in notice
+    undone = client.post(undo, {"reason": "oops"}, follow=True)
+    assert [str(m) for m in undone.context["messages"]] == [
+        f"undid rollback #{action.pk}: 1 placement restored, 1 pixel changed"
+    ]
+
+
+def test_a_ban_counts_its_rollback_in_the_singular(moderator, client, griefed):
+    """bob's one placement lies under alice's: one placement, no pixel."""
+    canvas, _, bob = griefed
+    url = reverse("admin:canvas_player_ban", args=[bob.pk])
+    page = client.post(url, {"reason": "grief", "rollback_hours": "1"}, follow=True)
+    rollback = ModerationAction.objects.get(kind=ModerationAction.KIND_ROLLBACK)
+    assert [str(m) for m in page.context["messages"]] == [
+        f"Banned bob for good. Rolled back 1 placement on {canvas.slug},"
+        f" 0 pixels changed (rollback #{rollback.pk})."
+    ]
+    logged = LogEntry.objects.get(object_id=str(rollback.pk))
+    assert logged.change_message == "rolled back bob's last 1 h: 1 placement"
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,16 @@ def test_bad_arguments_are_errors(griefed, args, message):
     assert not ModerationAction.objects.exists()
 
 
+def test_the_output_line_is_the_contracts_even_for_one(griefed):
+    """Admin says "1 placement"; the command's line is fixed by the contract,
+    which scripts parse, so it keeps "1 placements" and "1 pixels"."""
+    region = ["--region", "0", "0", "0", "0"]  # alice's (0,0) alone
+    assert rollback("main2", *region, "--dry-run") == (
+        "would roll back 1 placements, change 1 pixels\n"
+    )
+    assert rollback("main2", *region) == "1 placements rolled back, 1 pixels changed\n"
+
+
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
 @pytest.mark.parametrize(
     "region",
