@@ -863,15 +863,59 @@ def _pictures(canvas: Canvas, preview: moderation.RollbackPreview) -> dict:
     }
 
 
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows anyone with access may look at, and nobody writes here, superusers
+    included: an edit here would reach no audit trail and no live socket.
+
+    `notice()` says so at the top of the list and of each row's page, and
+    where the audited way to get the same result is.
+    """
+
+    change_list_template = "admin/canvas/view_only_change_list.html"
+    change_form_template = "admin/canvas/view_only_change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def notice(self) -> str:
+        return ""
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {**(extra_context or {}), "notice": self.notice()}
+        return super().changelist_view(request, extra)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra = {**(extra_context or {}), "notice": self.notice()}
+        return super().changeform_view(request, object_id, form_url, extra)
+
+
 @admin.register(Cooldown)
-class CooldownAdmin(admin.ModelAdmin):
+class CooldownAdmin(ViewOnlyAdmin):
     list_display = ["player", "canvas", "next_at"]
     search_fields = ["player__name"]
-    raw_id_fields = ["player"]
+
+    def notice(self) -> str:
+        # No per-player cooldown action exists; these two are the audited ones.
+        return format_html(
+            "Read-only: a change here would be recorded nowhere. To change a"
+            " canvas's cooldown for everyone (running cooldowns longer than the"
+            " new one are shortened to it), use <em>moderate</em> beside it in"
+            ' <a href="{}">Canvases</a>; to stop a player placing, ban them from'
+            ' their page in <a href="{}">Players</a>. Both are recorded under'
+            " Moderation actions.",
+            reverse("admin:canvas_canvas_changelist"),
+            reverse("admin:canvas_player_changelist"),
+        )
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(ViewOnlyAdmin):
     list_display = [
         "channel_name",
         "canvas",
@@ -882,7 +926,19 @@ class ConnectionAdmin(admin.ModelAdmin):
         "last_seen",
     ]
     list_filter = [("canvas", CanvasListFilter), "server"]
-    raw_id_fields = ["player"]
+
+    def notice(self) -> str:
+        # A row is the servers' record of an open socket: deleting it would
+        # close nothing, only hide the socket from the per-address limit.
+        return format_html(
+            "Read-only: the servers' own record of open sockets (deleting a row"
+            " would close nothing). To stop a player, ban them from their page"
+            ' in <a href="{}">Players</a>; to stop everyone, pause the canvas'
+            ' with <em>moderate</em> beside it in <a href="{}">Canvases</a>.'
+            " Both are recorded under Moderation actions.",
+            reverse("admin:canvas_player_changelist"),
+            reverse("admin:canvas_canvas_changelist"),
+        )
 
 
 def _ban_end(until) -> str:

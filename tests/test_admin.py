@@ -15,7 +15,14 @@ from django.utils import timezone
 
 from canvas import moderation, selectors, services
 from canvas import moderation_forms as forms
-from canvas.models import Canvas, ModerationAction, Placement, Player
+from canvas.models import (
+    Canvas,
+    Connection,
+    Cooldown,
+    ModerationAction,
+    Placement,
+    Player,
+)
 
 group_migration = importlib.import_module("canvas.migrations.0005_moderators_group")
 
@@ -1126,3 +1133,78 @@ def test_a_rollback_outside_the_canvas_names_its_bounds(
     assert applied.status_code == 200
     assert bounds in applied.content.decode()
     assert not ModerationAction.objects.exists()
+
+
+@pytest.fixture
+def boss(client, db):
+    """A superuser: every model permission, so only the admin itself can refuse."""
+    user = get_user_model().objects.create_superuser("boss", password="pw-123456!")
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def cooling(make_canvas):
+    """mallory placed, so has a cooldown row, and has a socket open."""
+    canvas = make_canvas(cooldown=300)
+    mallory = Player.objects.create(name="mallory")
+    services.placement_create(
+        canvas_id=canvas.pk, player_id=mallory.pk, x=0, y=0, color=3
+    )
+    socket = Connection.objects.create(
+        channel_name="specific.test!abc", canvas=canvas, player=mallory, server="s:1"
+    )
+    return canvas, Cooldown.objects.get(player=mallory), socket
+
+
+@pytest.mark.parametrize("model", ["cooldown", "connection"])
+def test_cooldowns_and_connections_are_view_only_even_for_a_superuser(
+    boss, client, cooling, model
+):
+    """Superusers could edit and delete these rows with no audit record."""
+    _, cooldown, socket = cooling
+    row = {"cooldown": cooldown, "connection": socket}[model]
+    listing = client.get(reverse(f"admin:canvas_{model}_changelist"))
+    assert listing.status_code == 200
+    text = listing.content.decode()
+    assert "Read-only:" in text
+    assert reverse(f"admin:canvas_{model}_add") not in text
+    assert "delete_selected" not in text
+    change = reverse(f"admin:canvas_{model}_change", args=[row.pk])
+    page = client.get(change)
+    assert page.status_code == 200
+    assert "Read-only:" in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()
+    assert client.post(change, {"next_at_0": "2000-01-01"}).status_code == 403
+    assert client.get(reverse(f"admin:canvas_{model}_add")).status_code == 403
+    delete = reverse(f"admin:canvas_{model}_delete", args=[row.pk])
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    client.post(
+        reverse(f"admin:canvas_{model}_changelist"),
+        {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"},
+    )
+    before = row.next_at if model == "cooldown" else row.last_seen
+    row.refresh_from_db()
+    assert (row.next_at if model == "cooldown" else row.last_seen) == before
+
+
+def test_the_cooldown_list_points_to_the_audited_ways(boss, client, cooling):
+    """A cooldown changes for everyone from the canvas's moderate page (which
+    shortens running ones, recorded); a player is stopped by a ban."""
+    canvas, cooldown, _ = cooling
+    for page in (
+        client.get(reverse("admin:canvas_cooldown_changelist")),
+        client.get(reverse("admin:canvas_cooldown_change", args=[cooldown.pk])),
+    ):
+        (notice,) = re.findall(r'<p class="help" role="note">(.*?)</p>', page.text)
+        assert "use <em>moderate</em> beside it in" in notice
+        canvases = reverse("admin:canvas_canvas_changelist")
+        players = reverse("admin:canvas_player_changelist")
+        assert f'<a href="{canvases}">Canvases</a>' in notice
+        assert f'<a href="{players}">Players</a>' in notice
+    moderate = reverse("admin:canvas_canvas_moderate", args=[canvas.pk])
+    client.post(moderate, {"cooldown-cooldown_seconds": "5", "cooldown-reason": "x"})
+    cooldown.refresh_from_db()
+    assert cooldown.next_at <= timezone.now() + timedelta(seconds=5)
+    action = ModerationAction.objects.get(kind=ModerationAction.KIND_COOLDOWN)
+    assert (action.moderator, action.scope) == (boss, {"from": 300, "to": 5})
