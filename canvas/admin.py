@@ -19,6 +19,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.translation import ngettext
 
 from . import moderation
 from . import moderation_forms as forms
@@ -90,6 +91,28 @@ def _log(model_admin, request: HttpRequest, action: ModerationAction, msg: str) 
 
 def _png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _placements(count: int) -> str:
+    """A count as a moderator reads it: 1 placement, 2 placements.
+
+    Admin only: `manage.py rollback` prints the contract's fixed line instead.
+    """
+    return ngettext("%(count)d placement", "%(count)d placements", count) % {
+        "count": count
+    }
+
+
+def _pixels(count: int) -> str:
+    """A count as a moderator reads it: 1 pixel, 2 pixels."""
+    return ngettext("%(count)d pixel", "%(count)d pixels", count) % {"count": count}
+
+
+def _held(held: dict[int, int]) -> str:
+    """Rollbacks in force and what each still covers, as still_covered gives them."""
+    return ", ".join(
+        f"rollback #{pk} ({_placements(count)})" for pk, count in sorted(held.items())
+    )
 
 
 def history_url(**params) -> str:
@@ -547,7 +570,7 @@ class PlayerAdmin(admin.ModelAdmin):
                     message = (
                         f"rolled back {player.name}'s last "
                         f"{form.cleaned_data['rollback_hours']:g} h: "
-                        f"{rollback.placements_count} placements"
+                        f"{_placements(rollback.placements_count)}"
                     )
                     _log(self, request, rollback, message)
                 self.message_user(request, _ban_message(player, action, form))
@@ -594,8 +617,8 @@ def _ban_message(player: Player, ban: ModerationAction, form) -> str:
         )
     for rollback in ban.rollbacks:
         message += (
-            f" Rolled back {rollback.placements_count} placements on"
-            f" {rollback.canvas.slug}, {rollback.pixels_count} pixels changed"
+            f" Rolled back {_placements(rollback.placements_count)} on"
+            f" {rollback.canvas.slug}, {_pixels(rollback.pixels_count)} changed"
             f" (rollback #{rollback.pk})."
         )
     return message
@@ -700,8 +723,8 @@ class ModerationActionAdmin(admin.ModelAdmin):
                 if action.pk is None:
                     raise moderation.ModerationError(moderation.MSG_NOTHING_LEFT)
                 message = (
-                    f"{action.placements_count} placements rolled back, "
-                    f"{action.pixels_count} pixels changed"
+                    f"{_placements(action.placements_count)} rolled back, "
+                    f"{_pixels(action.pixels_count)} changed"
                 )
                 _log(self, request, action, message)
                 self.message_user(request, message)
@@ -741,15 +764,12 @@ class ModerationActionAdmin(admin.ModelAdmin):
                 form.add_error(None, str(error))
             else:
                 message = (
-                    f"undid {action}: {undo.placements_count} placements restored, "
-                    f"{undo.pixels_count} pixels changed"
+                    f"undid {action}: {_placements(undo.placements_count)} restored, "
+                    f"{_pixels(undo.pixels_count)} changed"
                 )
                 held = moderation.still_covered(action=action)
                 if held:
-                    message += "; still rolled back by " + ", ".join(
-                        f"rollback #{pk} ({count} placements)"
-                        for pk, count in sorted(held.items())
-                    )
+                    message += "; still rolled back by " + _held(held)
                 _log(self, request, undo, message)
                 self.message_user(request, message)
                 return redirect("admin:canvas_moderationaction_change", undo.pk)
@@ -769,7 +789,7 @@ def scope_in_words(*, kind: str, scope: dict) -> str:
         ]
         parts.append("players " + ", ".join(sorted(labels)))
     if scope.get("placement_ids"):
-        parts.append(f"{len(scope['placement_ids'])} chosen placements")
+        parts.append(f"{_placements(len(scope['placement_ids']))} chosen")
     if scope.get("region"):
         x0, y0, x1, y1 = scope["region"]
         parts.append(f"region ({x0}, {y0}) to ({x1}, {y1}) inclusive")
@@ -800,25 +820,21 @@ def _undo_notice(action: ModerationAction) -> str:
         f"Rollback #{action.pk} on {action.canvas.slug}, by"
         f" {action.moderator or 'command line'} at {_when(action.created_at)}"
         f" (“{action.reason}”): {scope_in_words(kind=action.kind, scope=action.scope)}."
-        f" It rolled back {action.placements_count} placements and changed"
-        f" {action.pixels_count} pixels."
+        f" It rolled back {_placements(action.placements_count)} and changed"
+        f" {_pixels(action.pixels_count)}."
     )
     holds = moderation.placements_held(action=action)
     if holds != action.placements_count:
         notice += (
-            f" It holds {holds} placements now (an undone rollback hands on"
+            f" It holds {_placements(holds)} now (an undone rollback hands on"
             " those another rollback's scope covers)."
         )
     notice += " Undoing shows them again wherever nothing newer does."
     held = moderation.still_covered(action=action)
     if held:
-        notice += " Still rolled back afterwards, until these are undone too: " + (
-            ", ".join(
-                f"rollback #{pk} ({count} placements)"
-                for pk, count in sorted(held.items())
-            )
+        notice += (
+            f" Still rolled back afterwards, until these are undone too: {_held(held)}."
         )
-        notice += "."
     return notice
 
 
@@ -847,15 +863,59 @@ def _pictures(canvas: Canvas, preview: moderation.RollbackPreview) -> dict:
     }
 
 
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows anyone with access may look at, and nobody writes here, superusers
+    included: an edit here would reach no audit trail and no live socket.
+
+    `notice()` says so at the top of the list and of each row's page, and
+    where the audited way to get the same result is.
+    """
+
+    change_list_template = "admin/canvas/view_only_change_list.html"
+    change_form_template = "admin/canvas/view_only_change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def notice(self) -> str:
+        return ""
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {**(extra_context or {}), "notice": self.notice()}
+        return super().changelist_view(request, extra)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra = {**(extra_context or {}), "notice": self.notice()}
+        return super().changeform_view(request, object_id, form_url, extra)
+
+
 @admin.register(Cooldown)
-class CooldownAdmin(admin.ModelAdmin):
+class CooldownAdmin(ViewOnlyAdmin):
     list_display = ["player", "canvas", "next_at"]
     search_fields = ["player__name"]
-    raw_id_fields = ["player"]
+
+    def notice(self) -> str:
+        # No per-player cooldown action exists; these two are the audited ones.
+        return format_html(
+            "Read-only: a change here would be recorded nowhere. To change a"
+            " canvas's cooldown for everyone (running cooldowns longer than the"
+            " new one are shortened to it), use <em>moderate</em> beside it in"
+            ' <a href="{}">Canvases</a>; to stop a player placing, ban them from'
+            ' their page in <a href="{}">Players</a>. Both are recorded under'
+            " Moderation actions.",
+            reverse("admin:canvas_canvas_changelist"),
+            reverse("admin:canvas_player_changelist"),
+        )
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(ViewOnlyAdmin):
     list_display = [
         "channel_name",
         "canvas",
@@ -866,7 +926,19 @@ class ConnectionAdmin(admin.ModelAdmin):
         "last_seen",
     ]
     list_filter = [("canvas", CanvasListFilter), "server"]
-    raw_id_fields = ["player"]
+
+    def notice(self) -> str:
+        # A row is the servers' record of an open socket: deleting it would
+        # close nothing, only hide the socket from the per-address limit.
+        return format_html(
+            "Read-only: the servers' own record of open sockets (deleting a row"
+            " would close nothing). To stop a player, ban them from their page"
+            ' in <a href="{}">Players</a>; to stop everyone, pause the canvas'
+            ' with <em>moderate</em> beside it in <a href="{}">Canvases</a>.'
+            " Both are recorded under Moderation actions.",
+            reverse("admin:canvas_player_changelist"),
+            reverse("admin:canvas_canvas_changelist"),
+        )
 
 
 def _ban_end(until) -> str:

@@ -64,7 +64,12 @@ MSG_NOTHING_LEFT = (
     " rolled back already); nothing was done."
 )
 MSG_EMPTY_SCOPE = "Choose placements, players, a time window or a region."
-MSG_BAD_REGION = "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1."
+# Names the canvas's bounds: "inside the canvas" alone left the moderator to
+# look them up (region_message fills it in).
+MSG_BAD_REGION = (
+    "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1:"
+    " x must be 0–{x_max} and y 0–{y_max} on canvas {slug} ({width}×{height})."
+)
 MSG_BAD_WINDOW = "“since” is later than “until”: that window holds no placement."
 MSG_NOT_ROLLBACK = "Only a rollback can be undone."
 MSG_ALREADY_UNDONE = "That rollback has already been undone."
@@ -174,9 +179,21 @@ def _scope_check(*, canvas: Canvas, scope: Scope) -> None:
 
 
 def region_check(*, canvas: Canvas, region: tuple[int, int, int, int]) -> None:
+    """Refuse a region (bounds inclusive) not inside `canvas`, or back to front."""
     x0, y0, x1, y1 = region
     if not (0 <= x0 <= x1 < canvas.width and 0 <= y0 <= y1 < canvas.height):
-        raise ModerationError(MSG_BAD_REGION)
+        raise ModerationError(region_message(canvas=canvas))
+
+
+def region_message(*, canvas: Canvas) -> str:
+    """MSG_BAD_REGION for `canvas`, naming the bounds a region may use."""
+    return MSG_BAD_REGION.format(
+        x_max=canvas.width - 1,
+        y_max=canvas.height - 1,
+        slug=canvas.slug,
+        width=canvas.width,
+        height=canvas.height,
+    )
 
 
 def _batches(*, pending: QuerySet) -> list[list[int]]:

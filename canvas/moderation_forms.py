@@ -35,6 +35,16 @@ MSG_REGION_PARTIAL = "Give all four region bounds, or none."
 REGION_FIELDS = ("x0", "y0", "x1", "y1")
 
 
+def region_bound(**kwargs) -> forms.IntegerField:
+    """A region's bound, checked with the whole region against the canvas.
+
+    No min_value: a negative bound gets region_check's error, which names the
+    canvas's bounds, rather than "greater than or equal to 0" alone. The
+    browser is still told 0 is the least.
+    """
+    return forms.IntegerField(widget=forms.NumberInput(attrs={"min": 0}), **kwargs)
+
+
 class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=500, help_text=REASON_HELP)
 
@@ -81,10 +91,10 @@ class ScopeForm(forms.Form):
     selection = forms.CharField(required=False, widget=forms.HiddenInput)
     since = forms.DateTimeField(required=False, help_text="inclusive, UTC")
     until = forms.DateTimeField(required=False, help_text="inclusive, UTC")
-    x0 = forms.IntegerField(required=False, min_value=0)
-    y0 = forms.IntegerField(required=False, min_value=0)
-    x1 = forms.IntegerField(required=False, min_value=0)
-    y1 = forms.IntegerField(required=False, min_value=0)
+    x0 = region_bound(required=False)
+    y0 = region_bound(required=False)
+    x1 = region_bound(required=False)
+    y1 = region_bound(required=False)
 
     def __init__(self, *args, session=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -234,10 +244,10 @@ class RegionForm(forms.Form):
     Bounds are checked as the rollback's are: inclusive, inside the canvas.
     """
 
-    x0 = forms.IntegerField(min_value=0)
-    y0 = forms.IntegerField(min_value=0)
-    x1 = forms.IntegerField(min_value=0)
-    y1 = forms.IntegerField(min_value=0)
+    x0 = region_bound()
+    y0 = region_bound()
+    x1 = region_bound()
+    y1 = region_bound()
     at = forms.DateTimeField(required=False, help_text="UTC; empty: now")
 
     def __init__(self, *args, canvas: Canvas, **kwargs) -> None:

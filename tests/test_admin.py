@@ -3,6 +3,7 @@
 import importlib
 import re
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.apps import apps as django_apps
@@ -14,7 +15,14 @@ from django.utils import timezone
 
 from canvas import moderation, selectors, services
 from canvas import moderation_forms as forms
-from canvas.models import Canvas, ModerationAction, Placement, Player
+from canvas.models import (
+    Canvas,
+    Connection,
+    Cooldown,
+    ModerationAction,
+    Placement,
+    Player,
+)
 
 group_migration = importlib.import_module("canvas.migrations.0005_moderators_group")
 
@@ -334,7 +342,10 @@ def test_a_region_picture_outside_the_canvas_is_refused_like_a_rollback(
     url = reverse("admin:canvas_canvas_region_png", args=[canvas.pk])
     response = client.get(url, {"x0": 100, "y0": 100, "x1": 200, "y1": 200})
     assert response.status_code == 400
-    assert b"inside the canvas" in response.content
+    assert response.content.decode() == (
+        "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1:"
+        " x must be 0–31 and y 0–15 on canvas test (32×16)."
+    )
     early = {"x0": 0, "y0": 0, "x1": 1, "y1": 1, "at": "0001-01-01T00:00+05:00"}
     response = client.get(url, early)
     assert response.status_code == 400
@@ -344,7 +355,7 @@ def test_a_region_picture_outside_the_canvas_is_refused_like_a_rollback(
         {"x0": 3, "y0": 0, "x1": 1, "y1": 0},
     )
     assert page.context["region_src"] is None
-    assert "inside the canvas" in page.content.decode()
+    assert "x must be 0–31 and y 0–15 on canvas test (32×16)" in page.content.decode()
 
 
 def test_a_rollback_that_would_mark_nothing_is_not_offered_nor_applied(
@@ -691,8 +702,8 @@ def test_an_undo_names_every_rollback_that_still_covers_its_placements(
     undo = reverse("admin:canvas_moderationaction_undo", args=[first.pk])
     page = client.post(undo, {"reason": "oops"}, follow=True).content.decode()
     assert (
-        f"still rolled back by rollback #{second.pk} (1 placements),"
-        f" rollback #{third.pk} (1 placements)" in page
+        f"still rolled back by rollback #{second.pk} (1 placement),"
+        f" rollback #{third.pk} (1 placement)" in page
     )
 
 
@@ -712,14 +723,15 @@ def test_since_after_until_is_refused(moderator, client, griefed):
     assert not ModerationAction.objects.exists()
 
 
-def test_a_bound_out_of_range_shows_only_its_own_error(moderator, client, griefed):
+def test_a_negative_bound_names_the_canvas_bounds_once(moderator, client, griefed):
     from canvas.moderation_forms import MSG_REGION_PARTIAL
 
     canvas, _, _ = griefed
     url = reverse("admin:canvas_moderationaction_rollback")
     page = client.get(url, {"canvas": canvas.pk, "x0": -5, "y0": 0, "x1": 3, "y1": 2})
     text = page.content.decode()
-    assert "greater than or equal to 0" in text
+    # Not "greater than or equal to 0" alone: the canvas's bounds, once.
+    assert text.count("x must be 0–31 and y 0–15 on canvas test (32×16)") == 1
     assert MSG_REGION_PARTIAL not in text
     partial = client.get(url, {"canvas": canvas.pk, "x0": 1})
     assert MSG_REGION_PARTIAL in partial.content.decode()
@@ -1030,7 +1042,7 @@ def test_the_undo_page_says_what_undoing_restores_and_what_still_holds(
     assert "already been undone" in client.get(undo_first).context["notice"]
     undo_second = reverse("admin:canvas_moderationaction_undo", args=[second.pk])
     notice = client.get(undo_second).context["notice"]
-    assert "It rolled back 1 placements and changed 1 pixels." in notice
+    assert "It rolled back 1 placement and changed 1 pixel." in notice
     assert "It holds 3 placements now" in notice
 
 
@@ -1051,3 +1063,148 @@ def test_the_preview_names_its_scope_in_words(moderator, client, griefed):
     assert "Scope: players alice; region (0, 0) to (3, 2) inclusive." in (
         page.content.decode()
     )
+
+
+def test_counts_of_one_read_in_the_singular(moderator, client, griefed):
+    """The preview, its scope, the applied and undone messages, the undo page
+    and the admin log said "1 placements" and "1 pixels"."""
+    canvas, alice, _ = griefed
+    one = Placement.objects.get(player=alice, x=2).pk
+    url = reverse("admin:canvas_moderationaction_rollback")
+    query = f"?canvas={canvas.pk}&ids={one}"
+    preview = client.get(url + query)
+    text = preview.content.decode()
+    assert (
+        "This would roll back <strong>1</strong> placement and change"
+        " <strong>1</strong> pixel." in text
+    )
+    assert "Scope: 1 placement chosen." in text
+    applied = client.post(
+        url + query, {"reason": "grief", **apply_form(preview)}, follow=True
+    )
+    assert [str(m) for m in applied.context["messages"]] == [
+        "1 placement rolled back, 1 pixel changed"
+    ]
+    action = ModerationAction.objects.get()
+    logged = LogEntry.objects.get(object_id=str(action.pk))
+    assert logged.change_message == "1 placement rolled back, 1 pixel changed"
+    undo = reverse("admin:canvas_moderationaction_undo", args=[action.pk])
+    notice = client.get(undo).context["notice"]
+    assert "It rolled back 1 placement and changed 1 pixel." in notice
+    undone = client.post(undo, {"reason": "oops"}, follow=True)
+    assert [str(m) for m in undone.context["messages"]] == [
+        f"undid rollback #{action.pk}: 1 placement restored, 1 pixel changed"
+    ]
+
+
+def test_a_ban_counts_its_rollback_in_the_singular(moderator, client, griefed):
+    """bob's one placement lies under alice's: one placement, no pixel."""
+    canvas, _, bob = griefed
+    url = reverse("admin:canvas_player_ban", args=[bob.pk])
+    page = client.post(url, {"reason": "grief", "rollback_hours": "1"}, follow=True)
+    rollback = ModerationAction.objects.get(kind=ModerationAction.KIND_ROLLBACK)
+    assert [str(m) for m in page.context["messages"]] == [
+        f"Banned bob for good. Rolled back 1 placement on {canvas.slug},"
+        f" 0 pixels changed (rollback #{rollback.pk})."
+    ]
+    logged = LogEntry.objects.get(object_id=str(rollback.pk))
+    assert logged.change_message == "rolled back bob's last 1 h: 1 placement"
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        {"x0": 0, "y0": 0, "x1": 32, "y1": 1},  # one past the right edge
+        {"x0": 3, "y0": 0, "x1": 1, "y1": 1},  # back to front
+        {"x0": 0, "y0": -1, "x1": 1, "y1": 1},  # above the top
+    ],
+)
+def test_a_rollback_outside_the_canvas_names_its_bounds(
+    moderator, client, griefed, region
+):
+    canvas, _, _ = griefed
+    url = reverse("admin:canvas_moderationaction_rollback")
+    query = {"canvas": canvas.pk, "players": "alice", **region}
+    bounds = "x must be 0–31 and y 0–15 on canvas test (32×16)."
+    preview = client.get(url, query)
+    assert preview.context.get("preview") is None
+    assert preview.content.decode().count(bounds) == 1
+    applied = client.post(f"{url}?{urlencode(query)}", {"reason": "grief"})
+    assert applied.status_code == 200
+    assert bounds in applied.content.decode()
+    assert not ModerationAction.objects.exists()
+
+
+@pytest.fixture
+def boss(client, db):
+    """A superuser: every model permission, so only the admin itself can refuse."""
+    user = get_user_model().objects.create_superuser("boss", password="pw-123456!")
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def cooling(make_canvas):
+    """mallory placed, so has a cooldown row, and has a socket open."""
+    canvas = make_canvas(cooldown=300)
+    mallory = Player.objects.create(name="mallory")
+    services.placement_create(
+        canvas_id=canvas.pk, player_id=mallory.pk, x=0, y=0, color=3
+    )
+    socket = Connection.objects.create(
+        channel_name="specific.test!abc", canvas=canvas, player=mallory, server="s:1"
+    )
+    return canvas, Cooldown.objects.get(player=mallory), socket
+
+
+@pytest.mark.parametrize("model", ["cooldown", "connection"])
+def test_cooldowns_and_connections_are_view_only_even_for_a_superuser(
+    boss, client, cooling, model
+):
+    """Superusers could edit and delete these rows with no audit record."""
+    _, cooldown, socket = cooling
+    row = {"cooldown": cooldown, "connection": socket}[model]
+    listing = client.get(reverse(f"admin:canvas_{model}_changelist"))
+    assert listing.status_code == 200
+    text = listing.content.decode()
+    assert "Read-only:" in text
+    assert reverse(f"admin:canvas_{model}_add") not in text
+    assert "delete_selected" not in text
+    change = reverse(f"admin:canvas_{model}_change", args=[row.pk])
+    page = client.get(change)
+    assert page.status_code == 200
+    assert "Read-only:" in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()
+    assert client.post(change, {"next_at_0": "2000-01-01"}).status_code == 403
+    assert client.get(reverse(f"admin:canvas_{model}_add")).status_code == 403
+    delete = reverse(f"admin:canvas_{model}_delete", args=[row.pk])
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    client.post(
+        reverse(f"admin:canvas_{model}_changelist"),
+        {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"},
+    )
+    before = row.next_at if model == "cooldown" else row.last_seen
+    row.refresh_from_db()
+    assert (row.next_at if model == "cooldown" else row.last_seen) == before
+
+
+def test_the_cooldown_list_points_to_the_audited_ways(boss, client, cooling):
+    """A cooldown changes for everyone from the canvas's moderate page (which
+    shortens running ones, recorded); a player is stopped by a ban."""
+    canvas, cooldown, _ = cooling
+    for page in (
+        client.get(reverse("admin:canvas_cooldown_changelist")),
+        client.get(reverse("admin:canvas_cooldown_change", args=[cooldown.pk])),
+    ):
+        (notice,) = re.findall(r'<p class="help" role="note">(.*?)</p>', page.text)
+        assert "use <em>moderate</em> beside it in" in notice
+        canvases = reverse("admin:canvas_canvas_changelist")
+        players = reverse("admin:canvas_player_changelist")
+        assert f'<a href="{canvases}">Canvases</a>' in notice
+        assert f'<a href="{players}">Players</a>' in notice
+    moderate = reverse("admin:canvas_canvas_moderate", args=[canvas.pk])
+    client.post(moderate, {"cooldown-cooldown_seconds": "5", "cooldown-reason": "x"})
+    cooldown.refresh_from_db()
+    assert cooldown.next_at <= timezone.now() + timedelta(seconds=5)
+    action = ModerationAction.objects.get(kind=ModerationAction.KIND_COOLDOWN)
+    assert (action.moderator, action.scope) == (boss, {"from": 300, "to": 5})

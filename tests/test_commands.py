@@ -101,6 +101,34 @@ def test_bad_arguments_are_errors(griefed, args, message):
     assert not ModerationAction.objects.exists()
 
 
+def test_the_output_line_is_the_contracts_even_for_one(griefed):
+    """Admin says "1 placement"; the command's line is fixed by the contract,
+    which scripts parse, so it keeps "1 placements" and "1 pixels"."""
+    region = ["--region", "0", "0", "0", "0"]  # alice's (0,0) alone
+    assert rollback("main2", *region, "--dry-run") == (
+        "would roll back 1 placements, change 1 pixels\n"
+    )
+    assert rollback("main2", *region) == "1 placements rolled back, 1 pixels changed\n"
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize(
+    "region",
+    [["0", "0", "32", "0"], ["0", "16", "0", "16"], ["1", "0", "0", "0"], ["-1"] * 4],
+)
+def test_a_region_outside_the_canvas_is_an_error_naming_its_bounds(
+    griefed, region, dry_run
+):
+    with pytest.raises(CommandError) as error:
+        rollback("main2", "--region", *region, *dry_run)
+    assert str(error.value) == (
+        "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1:"
+        " x must be 0–31 and y 0–15 on canvas main2 (32×16)."
+    )
+    assert not ModerationAction.objects.exists()
+    assert not Placement.objects.filter(rolled_back=True).exists()
+
+
 def createcanvas(*args: str) -> str:
     out = StringIO()
     call_command("createcanvas", *args, stdout=out)

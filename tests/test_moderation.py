@@ -325,12 +325,20 @@ def test_preview_looks_up_each_pixel_once_however_many_placements_hit_it(
     assert plan.index("COALESCE") < plan.index("SELECT DISTINCT")
 
 
+BAD_REGION_32X16 = (
+    "The region must lie inside the canvas, with x0 <= x1 and y0 <= y1:"
+    " x must be 0–31 and y 0–15 on canvas test (32×16)."
+)
+
+
 @pytest.mark.parametrize(
     "scope, message",
     [
         (Scope(), moderation.MSG_EMPTY_SCOPE),
-        (Scope(region=(0, 0, 32, 1)), moderation.MSG_BAD_REGION),
-        (Scope(region=(3, 0, 2, 1)), moderation.MSG_BAD_REGION),
+        (Scope(region=(0, 0, 32, 1)), BAD_REGION_32X16),
+        (Scope(region=(0, 0, 1, 16)), BAD_REGION_32X16),
+        (Scope(region=(3, 0, 2, 1)), BAD_REGION_32X16),
+        (Scope(region=(-1, 0, 2, 1)), BAD_REGION_32X16),
     ],
 )
 def test_bad_scopes_are_refused(make_canvas, run, scope, message):
@@ -338,7 +346,20 @@ def test_bad_scopes_are_refused(make_canvas, run, scope, message):
     with pytest.raises(moderation.ModerationError) as error:
         rollback(run, canvas, scope)
     assert str(error.value) == message
+    with pytest.raises(moderation.ModerationError) as error:
+        moderation.rollback_preview(canvas=canvas, scope=scope)
+    assert str(error.value) == message
     assert not ModerationAction.objects.exists()
+
+
+def test_the_region_error_names_the_bounds_of_its_own_canvas(make_canvas):
+    """Not "inside the canvas" alone: the moderator should not need to look
+    up how big this canvas is."""
+    main = make_canvas(slug="big", width=1000, height=1000)
+    with pytest.raises(moderation.ModerationError) as error:
+        moderation.region_check(canvas=main, region=(0, 0, 1000, 999))
+    assert "x must be 0–999 and y 0–999 on canvas big (1000×1000)." in str(error.value)
+    moderation.region_check(canvas=main, region=(0, 0, 999, 999))  # all of it
 
 
 def test_a_reason_is_required(make_canvas, run):

@@ -68,6 +68,8 @@ class Command(BaseCommand):
             until=until,
             region=tuple(region) if region else None,
         )
+        # Both output lines are the contract's, word for word ("1 placements"
+        # included): scripts parse them. Admin's messages are the grammatical ones.
         try:
             if dry_run:
                 preview = moderation.rollback_preview(canvas=canvas, scope=scope)
