@@ -11,10 +11,7 @@ database error (`unavailable`) and nothing of the batch is written.
 """
 
 import asyncio
-import contextlib
-import fcntl
 import logging
-import os
 import queue
 import threading
 import time
@@ -76,7 +73,7 @@ def placements_commit(
     by_canvas: dict[int, list[int]] = {}
     for index, request in enumerate(requests):
         by_canvas.setdefault(request.canvas_id, []).append(index)
-    with _writers_in_turn(), transaction.atomic():
+    with transaction.atomic():
         progress["connection"] = connection.connection
         progress["now"] = stamps = {}
         # Canvases locked in id order: two processes' batches that both span
@@ -92,55 +89,6 @@ def placements_commit(
                 outcomes[i] = outcome
         progress["outcomes"] = outcomes
     return outcomes
-
-
-_turn_files: dict[str, int | None] = {}
-_turn_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _writers_in_turn():
-    """On a SQLite file, the server processes' writers take turns, in order.
-
-    SQLite's own wait for its write lock is a sleep of 1, 2, 5 ... 100 ms
-    between tries: a writer that commits and begins again at once keeps the
-    lock from one that sleeps, and in a closed-loop run one process's batches
-    waited up to 3 s while the other's went on (bench/RESULTS.md, ingest,
-    2026-11-28). A lock file of the database's, taken before BEGIN, queues
-    them in the kernel instead, which hands the lock over as it is released.
-    PostgreSQL queues waiters for a row lock itself: nothing to do there.
-    """
-    fd = _turn_file() if connection.vendor == "sqlite" else None
-    if fd is None:
-        yield
-        return
-    # The file lock is the process's (threads share its open file), so the
-    # process's own writers take turns on a thread lock first.
-    with _turn_lock:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _turn_file() -> int | None:
-    """The database's turn file, opened once per process; None for a database
-    in memory, or where no file can be made beside it (then SQLite's own
-    wait is all there is)."""
-    name = str(connection.settings_dict["NAME"])
-    if name in _turn_files:
-        return _turn_files[name]
-    fd = None
-    if name and name != ":memory:" and not name.startswith("file:"):
-        try:
-            fd = os.open(name + ".writers", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as error:
-            log.warning(
-                "no turn file beside %s (%s): writers take SQLite's", name, error
-            )
-    _turn_files[name] = fd
-    return fd
 
 
 def committed_anyway(requests: list[PlaceRequest], progress: dict) -> bool:

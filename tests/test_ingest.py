@@ -1,7 +1,6 @@
 """Group commit (canvas/ingest.py): many placements per transaction, none unsafe."""
 
 import asyncio
-import fcntl
 import os
 import re
 import socket
@@ -565,73 +564,6 @@ async def test_the_consumer_answers_unavailable_when_the_batch_fails(
     reply = await receive_type(client, "rejected")
     assert reply["code"] == "unavailable"
     await client.disconnect()
-
-
-def turn_file_held() -> bool:
-    """Whether another process's writer would have to wait for its turn now
-    (a second open of the file conflicts as another process's would)."""
-    fd = os.open(str(connection.settings_dict["NAME"]) + ".writers", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also lets go of the lock, if it was taken
-    return False
-
-
-def test_sqlite_writers_hold_their_turn_for_the_whole_transaction(
-    make_canvas, monkeypatch
-):
-    """SQLite: another process's writer waits in the kernel's queue from
-    before BEGIN until after COMMIT, not in SQLite's sleeping retries."""
-    if connection.vendor != "sqlite":
-        pytest.skip("the turn file is SQLite's (PostgreSQL queues row locks)")
-    canvas = make_canvas(slug="turns", cooldown=0)
-    (player,) = players(1)
-    seen = []
-    real = ingest._commit_canvas
-
-    def look(*args, **kwargs):
-        seen.append(turn_file_held())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ingest, "_commit_canvas", look)
-    (outcome,) = ingest.placements_commit(
-        [ingest.PlaceRequest(canvas.pk, player, 1, 1, 2)]
-    )
-    assert isinstance(outcome, services.PlacementResult)
-    assert seen == [True]
-    assert not turn_file_held()  # given back after the COMMIT
-
-
-async def test_a_writer_waits_for_its_turn_and_goes_as_soon_as_it_comes(
-    canvas, settings
-):
-    """SQLite: while another process holds the turn, placements wait (no
-    answer, nothing written); once it lets go they are committed at once."""
-    if connection.vendor != "sqlite":
-        pytest.skip("the turn file is SQLite's (PostgreSQL queues row locks)")
-    settings.PLACE_INGEST_WINDOW = 0.003
-    first, second = await adb(players)(2)
-    await submit_all([ingest.PlaceRequest(canvas.pk, first, 0, 0, 1)])  # the file
-    name = await adb(lambda: str(connection.settings_dict["NAME"]))()
-    other = os.open(name + ".writers", os.O_RDWR)
-    fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer, mid-batch
-    try:
-        waiting = asyncio.ensure_future(
-            ingest.batcher.submit(ingest.PlaceRequest(canvas.pk, second, 5, 5, 3))
-        )
-        await asyncio.sleep(0.5)
-        assert not waiting.done()
-    finally:
-        fcntl.flock(other, fcntl.LOCK_UN)
-        os.close(other)
-    released = time.monotonic()
-    result = await asyncio.wait_for(waiting, 5)
-    assert isinstance(result, services.PlacementResult)
-    assert time.monotonic() - released < 0.5
-    assert await adb(Placement.objects.filter(x=5, y=5).count)() == 1
 
 
 def test_a_batch_locks_its_canvases_in_id_order(make_canvas):
