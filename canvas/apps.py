@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db import connections
+from django.conf import settings
 from django.db.models.signals import post_migrate
 
 
@@ -9,7 +9,7 @@ class CanvasConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_ensure_main_canvas, sender=self)
-        if connections["default"].settings_dict["OPTIONS"].get("pool"):
+        if any(db.get("OPTIONS", {}).get("pool") for db in settings.DATABASES.values()):
             from . import dbpool
 
             dbpool.install()

@@ -16,11 +16,14 @@ thread's next try gets a working connection instead of the next dead one.
 
 import threading
 
-from django.db import connections
 from psycopg_pool import ConnectionPool
 
 _plain_check = ConnectionPool.check_connection
-_local = threading.local()
+# One sweep at a time in the process: a thread whose check fails while another
+# sweeps goes on waiting for its connection as psycopg_pool has it wait. Also
+# what keeps the sweep's own checks (pool.check() runs this function on each
+# idle connection) from sweeping again.
+_sweeping = threading.Lock()
 
 
 def check_connection(conn) -> None:
@@ -29,21 +32,23 @@ def check_connection(conn) -> None:
     try:
         _plain_check(conn)
     except Exception:
-        _check_idle()
+        _check_idle(getattr(conn, "_pool", None))
         raise
 
 
-def _check_idle() -> None:
-    if getattr(_local, "checking", False):
-        return  # pool.check() below runs this check on each idle connection
-    pool = connections["default"].pool
-    if pool is None:
+def _check_idle(pool: ConnectionPool | None) -> None:
+    """`pool.check()`: every idle connection checked, the dead ones replaced.
+
+    `pool` is the failing connection's own: psycopg_pool marks a connection
+    with its pool as it hands it out for the check (None while it is idle in
+    the pool, as during `pool.check()` itself).
+    """
+    if pool is None or not _sweeping.acquire(blocking=False):
         return
-    _local.checking = True
     try:
         pool.check()
     finally:
-        _local.checking = False
+        _sweeping.release()
 
 
 def install() -> None:

@@ -177,9 +177,13 @@ def _database_answers() -> bool:
     try:
         conn = pool.getconn(timeout=RETRY_WAIT)  # checked by the pool
     except PoolTimeout:
-        # No slot within RETRY_WAIT: an outage, or only a busy pool (a storm
-        # of handshakes holds every connection). Ask the server itself.
-        return _server_answers()
+        # No working connection within RETRY_WAIT: an outage, or only a busy
+        # pool, every connection of it in use (a storm of handshakes). Only
+        # then is the server itself asked; in an outage the pool has lost
+        # connections, and the batch is answered at once.
+        stats = pool.get_stats()
+        busy = stats.get("pool_size", 0) >= pool.max_size
+        return busy and not stats.get("pool_available") and _server_answers()
     except Exception:
         return False
     pool.putconn(conn)
@@ -188,15 +192,14 @@ def _database_answers() -> bool:
 
 def _server_answers() -> bool:
     """Whether the database server takes a new connection of its own, outside
-    the pool, within RETRY_WAIT (libpq counts whole seconds: 2 at least)."""
+    the pool (within 2 s an address: libpq counts whole seconds)."""
     params = connection.get_connection_params()
     params["connect_timeout"] = max(2, round(RETRY_WAIT))
     try:
-        probe = connection.Database.connect(**params)
+        with connection.Database.connect(**params):
+            return True
     except Exception:
         return False
-    probe.close()
-    return True
 
 
 def _commit_canvas(

@@ -18,7 +18,8 @@ def terminate_all_but(keep: set[int]) -> int:
         keep = keep | {admin.info.backend_pid}
         rows = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND NOT pid = ANY(%s)",
+            " WHERE datname = current_database() AND NOT pid = ANY(%s)"
+            " AND backend_type = 'client backend'",
             [list(keep)],
         ).fetchall()
     return len(rows)
