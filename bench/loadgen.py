@@ -253,9 +253,11 @@ def run_worker(job: dict, ready, go, results) -> None:
         except (AttributeError, OSError) as error:  # not Linux, or not allowed
             print(f"load process left under the default policy: {error}")
     if job.get("engine") == "c":
-        results.put(_c_worker(job, ready, go))
-        return
-    results.put(asyncio.run(_worker(job, ready, go)))
+        report = _c_worker(job, ready, go)
+    else:
+        report = asyncio.run(_worker(job, ready, go))
+    report["port"] = job.get("port")  # whose server it loaded
+    results.put(report)
 
 
 def _c_worker(job: dict, ready, go) -> dict:

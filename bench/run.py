@@ -380,13 +380,21 @@ def ingest(args, design: str, database: str) -> dict:
         "accepted": accepted,
         "committed_rows": int(committed),
         "accepted_per_s": round(accepted / args.seconds, 1),
-        # Per load process, each on one server: how evenly the servers' players
-        # were served (one server's writer can starve the other's).
-        "accepted_by_proc": [r["accepted"] for r in reports],
+        # Per server: how evenly the servers' players were served (one
+        # server's writer could starve the other's).
+        "accepted_by_server": _by_server(reports),
         "rejected": _merge([r["codes"] for r in reports]),
         **batches,
         **_usage(usage, reports),
     }
+
+
+def _by_server(reports: list[dict]) -> list[int]:
+    """Accepted placements per server, in the servers' port order."""
+    totals: dict[int, int] = {}
+    for report in reports:
+        totals[report["port"]] = totals.get(report["port"], 0) + report["accepted"]
+    return [totals[port] for port in sorted(totals)]
 
 
 def metric_sums(stack) -> dict[str, float]:
