@@ -638,8 +638,23 @@ def _form_page(
     return TemplateResponse(request, "admin/canvas/moderation_form.html", context)
 
 
+class NoWrites:
+    """An admin in which nobody adds, changes or deletes a row, superusers
+    included: its rows are written only by audited actions (or by the
+    servers themselves)."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(ModerationAction)
-class ModerationActionAdmin(admin.ModelAdmin):
+class ModerationActionAdmin(NoWrites, admin.ModelAdmin):
     list_display = [
         "created_at",
         "kind",
@@ -659,15 +674,6 @@ class ModerationActionAdmin(admin.ModelAdmin):
     paginator = CappedPaginator
     show_full_result_count = False
     change_form_template = "admin/canvas/moderationaction/change_form.html"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="scope, in words")
     def scope_described(self, obj: ModerationAction) -> str:
@@ -863,7 +869,7 @@ def _pictures(canvas: Canvas, preview: moderation.RollbackPreview) -> dict:
     }
 
 
-class ViewOnlyAdmin(admin.ModelAdmin):
+class ViewOnlyAdmin(NoWrites, admin.ModelAdmin):
     """Rows anyone with access may look at, and nobody writes here, superusers
     included: an edit here would reach no audit trail and no live socket.
 
@@ -873,15 +879,6 @@ class ViewOnlyAdmin(admin.ModelAdmin):
 
     change_list_template = "admin/canvas/view_only_change_list.html"
     change_form_template = "admin/canvas/view_only_change_form.html"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def notice(self) -> str:
         return ""
