@@ -244,6 +244,15 @@ def build_wsload() -> Path:
 SCHED = "batch"
 
 
+def _policy() -> str:
+    """The scheduling policy this load process ran under, as measured."""
+    try:
+        batch = os.sched_getscheduler(0) == os.SCHED_BATCH
+    except (AttributeError, OSError):
+        return "unknown"
+    return "batch" if batch else "normal"
+
+
 def run_worker(job: dict, ready, go, results) -> None:
     """Entry point of a worker process: `job` says which role and how much."""
     raise_fd_limit()
@@ -257,6 +266,7 @@ def run_worker(job: dict, ready, go, results) -> None:
     else:
         report = asyncio.run(_worker(job, ready, go))
     report["port"] = job.get("port")  # whose server it loaded
+    report["sched"] = _policy()
     results.put(report)
 
 

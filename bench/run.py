@@ -335,6 +335,7 @@ def _usage(usage: dict, reports: list[dict]) -> dict:
         "server_rss_mb": usage["server_rss_mb"],
         "loadgen_cpu_cores": round(sum(r["cpu"] for r in reports) / usage["wall"], 2),
         "loadgen_procs": len(reports),
+        "loadgen_sched": ",".join(sorted({r.get("sched", "unknown") for r in reports})),
         "machine_busy_pct": round(usage["machine_busy"] * 100, 1),
     }
 
