@@ -164,7 +164,9 @@ def _connection_lost(progress: dict, error: Exception) -> bool:
 
 
 def _database_answers() -> bool:
-    """Whether the pool hands out a working connection within RETRY_WAIT.
+    """Whether the database answers: the pool hands out a working connection
+    within RETRY_WAIT, or, when every pooled connection is in use, the server
+    takes one of its own.
 
     A dead connection alone says nothing about the database: a cut connection
     of a database that is still there, or an outage. Only the first is worth
