@@ -3,19 +3,27 @@
 Services call `publish_on_commit` inside their transaction. Inside a server
 process the changes go to an outbox that one task drains with a single
 `group_send` per canvas to the canvas's group, whose members are the
-per-process hubs (canvas/hub.py), not individual sockets: as soon as the
-loop gets to it, with whatever committed while the previous send was in
-flight, and not at all (no wake-ups) while nothing is placed. Outside a server
-(management commands) the send happens at once.
+per-process hubs (canvas/hub.py), not individual sockets: at once, with
+whatever committed while the previous send was in flight, and not at all (no
+wake-ups) while nothing is placed. Outside a server (management commands) the
+send happens at once.
+
+On Redis the outbox drains on a thread of its own with its own event loop,
+not on the server's loop: that loop spends up to 60 % of its time writing
+frames to thousands of sockets, up to ~80 ms at a time, and a commit waiting
+for the end of a write often missed the other processes' next frame
+(bench/RESULTS.md, fan-out, 2026-11-28). The in-memory layer belongs to the
+server's loop, so there the outbox drains on that loop.
 """
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
 from . import metrics
@@ -41,13 +49,17 @@ def group_name(canvas_id: int) -> str:
 
 
 class _Outbox:
-    """Changes committed in this process, waiting for the next publish tick."""
+    """Changes committed in this process, waiting for the next send."""
 
     def __init__(self) -> None:
+        # Where the outbox drains: the server's loop, or the sender thread's.
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Where this process's hubs run, for their own commits.
+        self.server_loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, list[Update]] = {}
         self.task: asyncio.Task | None = None
         self.wake = asyncio.Event()
+        self.thread: threading.Thread | None = None
 
     def add(self, canvas_id: int, updates: list[Update]) -> None:
         self.pending.setdefault(canvas_id, []).extend(updates)
@@ -61,6 +73,8 @@ class _Outbox:
 
 
 _outbox = _Outbox()
+# The outbox of the sender thread, on Redis; `_outbox` is it once started.
+_sender = _Outbox()
 layer_errors = 0  # also counted by metrics.LAYER_ERRORS for /metrics
 
 
@@ -126,32 +140,55 @@ async def _send(canvas_id: int, message: dict) -> None:
 
 
 def outbox_start() -> None:
-    """Start draining the outbox on the running loop (once per loop)."""
-    loop = asyncio.get_running_loop()
-    if _outbox.loop is loop and _outbox.task and not _outbox.task.done():
+    """Start draining the outbox for the running loop's hubs (once per loop;
+    the sender thread, on Redis, once per process)."""
+    global _outbox
+    server_loop = asyncio.get_running_loop()
+    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        if _sender.thread is None or not _sender.thread.is_alive():
+            _sender_start()
+        _sender.server_loop = server_loop
+        _outbox = _sender
         return
-    _outbox.loop = loop
-    _outbox.pending = {}
-    _outbox.wake = asyncio.Event()
-    _outbox.task = loop.create_task(_drain_forever())
+    if _outbox.loop is server_loop and _outbox.task and not _outbox.task.done():
+        return
+    _outbox = _Outbox()
+    _outbox.loop = _outbox.server_loop = server_loop
+    _outbox.task = server_loop.create_task(_drain_forever(_outbox))
 
 
-async def _drain_forever() -> None:
+def _sender_start() -> None:
+    """The sender thread: an event loop of its own that only publishes."""
+    started = threading.Event()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        _sender.loop, _sender.pending = loop, {}
+        _sender.wake = asyncio.Event()
+        _sender.task = loop.create_task(_drain_forever(_sender))
+        started.set()
+        loop.run_forever()
+
+    _sender.thread = threading.Thread(target=run, name="canvas-publish", daemon=True)
+    _sender.thread.start()
+    started.wait()
+
+
+async def _drain_forever(outbox: _Outbox) -> None:
     while True:
         # Sleep until something commits: an idle server costs no wake-ups. No
         # timer: commits that land while a send is in flight go out together in
         # the next one. (A 20 ms publish tick cost 0.04-0.05 s of p99 at 5,000
         # watchers, bench/RESULTS.md, and saved nothing measurable.)
-        await _outbox.wake.wait()
-        _outbox.wake.clear()
-        if not _outbox.pending:
+        await outbox.wake.wait()
+        outbox.wake.clear()
+        if not outbox.pending:
             continue
-        batches, _outbox.pending = _outbox.pending, {}
+        batches, outbox.pending = outbox.pending, {}
         now = time.time()
         for canvas_id, updates in batches.items():
-            deliver = local_hubs.get(canvas_id)
-            if deliver is not None:
-                deliver(updates, now)
+            _deliver_local(outbox, canvas_id, updates, now)
             try:
                 message = {"type": MSG_PIXELS, "updates": updates, "sent_at": now}
                 await asyncio.wait_for(_send(canvas_id, message), LAYER_TIMEOUT)
@@ -161,3 +198,25 @@ async def _drain_forever() -> None:
                 log.warning(
                     "group_send failed for canvas %s; hubs will refill", canvas_id
                 )
+
+
+def _deliver_local(outbox: _Outbox, canvas_id: int, updates: list, now: float) -> None:
+    """This process's own commits to its hub, on the hub's loop."""
+    if outbox.server_loop is outbox.loop:
+        deliver = local_hubs.get(canvas_id)
+        if deliver is not None:
+            deliver(updates, now)
+        return
+    server_loop = outbox.server_loop
+    if server_loop is None:
+        return
+    try:
+        server_loop.call_soon_threadsafe(_deliver_here, canvas_id, updates, now)
+    except RuntimeError:  # that loop has closed (tests): nobody to deliver to
+        pass
+
+
+def _deliver_here(canvas_id: int, updates: list, now: float) -> None:
+    deliver = local_hubs.get(canvas_id)
+    if deliver is not None:
+        deliver(updates, now)

@@ -1,10 +1,15 @@
 """The outbox: committed changes reach the canvas group promptly and batched."""
 
 import asyncio
+import threading
+import time
 
 import pytest
+from channels.layers import get_channel_layer
 
 from canvas import broadcast
+
+from . import services_available as svc
 
 pytestmark = pytest.mark.usefixtures("fresh_layer")
 
@@ -63,3 +68,45 @@ async def test_an_idle_outbox_sends_nothing(fresh_layer):
     broadcast.outbox_start()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(fresh_layer.receive(channel), 0.3)
+
+
+@pytest.fixture
+def redis_layer(settings):
+    """The production layer: channels-redis's pub/sub on the test Redis."""
+    svc.require_redis()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [svc.REDIS_URL], "prefix": "test-outbox"},
+        }
+    }
+    yield get_channel_layer()
+    broadcast.local_hubs.clear()
+
+
+async def test_on_redis_a_commit_goes_out_while_the_servers_loop_is_busy(
+    redis_layer,
+):
+    """A frame's write holds the server's loop for tens of milliseconds; the
+    other processes must not wait for it to hear of a commit."""
+    channel = await redis_layer.new_channel("test.")
+    await redis_layer.group_add(broadcast.group_name(81), channel)
+    here: list[tuple[list, str]] = []
+    broadcast.local_hubs[81] = lambda updates, sent_at: here.append(
+        (updates, threading.current_thread().name)
+    )
+    broadcast.outbox_start()
+
+    # The ingest thread commits while this loop is busy for 0.5 s.
+    threading.Thread(
+        target=broadcast.publish, kwargs={"canvas_id": 81, "updates": [[1, 0, 0, 3]]}
+    ).start()
+    time.sleep(0.5)
+    busy_until = time.time()
+
+    message = await asyncio.wait_for(redis_layer.receive(channel), 2)
+    assert message["updates"] == [[1, 0, 0, 3]]
+    assert message["sent_at"] < busy_until - 0.3  # sent during the busy spell
+    # This process's own hub got it too, on its loop's thread, once only.
+    await asyncio.sleep(0.05)
+    assert here == [([[1, 0, 0, 3]], threading.current_thread().name)]
