@@ -174,6 +174,21 @@ if PLACE_DB_POOL_SIZE == 1:
         " and the other database threads each hold a connection"
     )
 _postgres = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if _postgres:
+    # A database host that vanishes without a reset (power lost, a network
+    # partition) would hold every query in flight, and the thread waiting on
+    # it (the ingest writer, say), until the kernel stops retransmitting:
+    # about 15 minutes. Unacknowledged data now fails the connection after
+    # 10 s, and an idle one is probed after 10 s of silence. Options in
+    # DATABASE_URL's query string take precedence.
+    for _option, _value in {
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,  # milliseconds
+    }.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(_option, _value)
 if _postgres and PLACE_DB_POOL_SIZE:
     # Without a pool every database call from a consumer or hub (4 per new
     # socket, one a second per hub) opened a new PostgreSQL connection: most of

@@ -1,6 +1,8 @@
-"""Things to break on purpose: a private Redis server and a TCP proxy to cut."""
+"""Things to break on purpose: a private Redis server, a TCP proxy to cut, and
+a local port to blackhole."""
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -126,3 +128,37 @@ class TcpProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+def require_iptables() -> str:
+    """iptables, usable here (root, a kernel with netfilter), else skip (fail on CI)."""
+    binary = shutil.which("iptables")
+    usable = (
+        binary is not None
+        and os.geteuid() == 0
+        and subprocess.run(
+            [binary, "-L", "OUTPUT", "-n"], capture_output=True
+        ).returncode
+        == 0
+    )
+    if usable:
+        return binary
+    message = "iptables is not usable here (needs root and the iptables package)"
+    if svc.in_ci():
+        pytest.fail(f"{message}; CI must provide it", pytrace=False)
+    pytest.skip(f"{message}; install it to run the blackhole test")
+
+
+@contextlib.contextmanager
+def blackholed(port: int):
+    """Drop every packet to and from a local port, with no reset and no
+    refusal: what a peer sees when a host loses power or the network splits."""
+    iptables = require_iptables()
+    rules = [["-p", "tcp", "--dport", str(port)], ["-p", "tcp", "--sport", str(port)]]
+    for rule in rules:
+        subprocess.run([iptables, "-I", "OUTPUT", *rule, "-j", "DROP"], check=True)
+    try:
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run([iptables, "-D", "OUTPUT", *rule, "-j", "DROP"])

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 import websockets
 
-from .faults import RedisServer, TcpProxy
+from .faults import RedisServer, TcpProxy, blackholed, require_iptables
 from .live import make_stack
 from .wsclient import Player, anonymous_cookie
 
@@ -264,6 +264,58 @@ def test_database_unreachable_gives_unavailable_then_recovers(tmp_path):
         assert (
             board[1 * 40 + 1] == 1 and board[2 * 40 + 2] == 0 and board[3 * 40 + 3] == 3
         )
+    finally:
+        stack.stop()
+        proxy.cut()
+
+
+def test_a_database_host_that_vanishes_is_answered_in_seconds(tmp_path):
+    """The database host drops off the network without a reset: the queries
+    in flight fail after the connection's TCP timeout (10 s), the players
+    hear `unavailable` instead of waiting for the kernel's ~15 minutes, and
+    play resumes when the host is back."""
+    from . import services_available as svc
+
+    svc.require_postgres()
+    require_iptables()
+    proxy = TcpProxy(svc.POSTGRES_PORT, svc.POSTGRES_HOST)
+    proxy.start()
+    # The writer keeps its connection between placements, as under load.
+    stack = make_stack(
+        tmp_path,
+        database="postgres",
+        postgres_port=proxy.port,
+        env={"PLACE_INGEST_IDLE_CLOSE": "60"},
+    )
+    try:
+        stack.manage(
+            "createcanvas", "f", "--width", "40", "--height", "40", "--cooldown", "0"
+        )
+        server = stack.servers[0]
+        cookie = anonymous_cookie(server.url)
+
+        async def scenario() -> float:
+            async with Player(server.ws, "f", cookie=cookie) as player:
+                assert (await player.place(1, 1, 1))["type"] == "accepted"
+                with blackholed(proxy.port):
+                    started = time.monotonic()
+                    await player.send({"type": "place", "x": 2, "y": 2, "color": 2})
+                    answer = await player.next("accepted", "rejected", timeout=60)
+                    waited = time.monotonic() - started
+                    assert answer["type"] == "rejected"
+                    assert answer["code"] == "unavailable"
+                deadline = time.monotonic() + 30
+                while (result := await player.place(3, 3, 3))["type"] != "accepted":
+                    assert result["code"] == "unavailable"
+                    assert time.monotonic() < deadline, "never recovered"
+                    await asyncio.sleep(0.5)
+                return waited
+
+        waited = asyncio.run(scenario())
+        assert waited < 40, f"answered after {waited:.0f} s"
+        assert server.process.poll() is None
+        board = board_bytes(server)
+        assert board[1 * 40 + 1] == 1 and board[3 * 40 + 3] == 3
     finally:
         stack.stop()
         proxy.cut()

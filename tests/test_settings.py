@@ -101,3 +101,19 @@ def test_an_operator_sees_the_variable_in_the_last_line():
         "django.core.exceptions.ImproperlyConfigured: "
         "PLACE_MESSAGE_RATE must be a number, not 'fast'"
     )
+
+
+def test_postgres_connections_give_up_on_a_vanished_host(environ):
+    """TCP keepalives and a 10 s TCP_USER_TIMEOUT unless the URL says otherwise
+    (tests/test_faults.py shows what they do with a blackholed database)."""
+    options = load(environ, DATABASE_URL="postgres://u@db.example:5432/place")[
+        "DATABASES"
+    ]["default"]["OPTIONS"]
+    assert options["tcp_user_timeout"] == 10_000 and options["keepalives"] == 1
+    assert options["keepalives_idle"] == 10 and options["pool"]["max_size"] == 8
+    url = "postgres://u@db.example:5432/place?tcp_user_timeout=30000"
+    options = load(environ, DATABASE_URL=url)["DATABASES"]["default"]["OPTIONS"]
+    assert str(options["tcp_user_timeout"]) == "30000"
+    environ.delenv("DATABASE_URL")
+    sqlite = load(environ)["DATABASES"]["default"]["OPTIONS"]
+    assert "tcp_user_timeout" not in sqlite  # SQLite would refuse the option
