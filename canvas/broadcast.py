@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -66,9 +67,15 @@ class _Outbox:
         self.wake.set()
 
     def running_loop(self) -> asyncio.AbstractEventLoop | None:
-        loop = self.loop
-        if loop is None or loop.is_closed() or not loop.is_running():
-            return None
+        """Where to hand changes, or None: then they are sent at once.
+
+        None also once the hubs' loop has closed (tests start one per test),
+        so a sender thread left over does not publish for a loop that is gone.
+        """
+        loop, server_loop = self.loop, self.server_loop
+        for each in (loop, server_loop):
+            if each is None or each.is_closed() or not each.is_running():
+                return None
         return loop
 
 
@@ -91,9 +98,10 @@ def publish_on_commit(*, canvas_id: int, updates: list[Update]) -> None:
 
 def publish(*, canvas_id: int, updates: list[Update]) -> None:
     """Send committed changes to every process's hub; safe from any thread."""
-    loop = _outbox.running_loop()
+    outbox = _outbox
+    loop = outbox.running_loop()
     if loop is not None:
-        loop.call_soon_threadsafe(_outbox.add, canvas_id, list(updates))
+        loop.call_soon_threadsafe(outbox.add, canvas_id, list(updates))
         return
     try:
         async_to_sync(_send)(canvas_id, {"type": MSG_PIXELS, "updates": updates})
@@ -152,9 +160,24 @@ def outbox_start() -> None:
         return
     if _outbox.loop is server_loop and _outbox.task and not _outbox.task.done():
         return
-    _outbox = _Outbox()
-    _outbox.loop = _outbox.server_loop = server_loop
-    _outbox.task = server_loop.create_task(_drain_forever(_outbox))
+    outbox = _Outbox()
+    outbox.loop = outbox.server_loop = server_loop
+    _drain_start(outbox)
+    _outbox = outbox
+
+
+def _drain_start(outbox: _Outbox) -> None:
+    """Run `_drain_forever` on the outbox's loop, again if it ever ends."""
+    assert outbox.loop is not None
+    outbox.task = outbox.loop.create_task(_drain_forever(outbox))
+    outbox.task.add_done_callback(partial(_drain_ended, outbox))
+
+
+def _drain_ended(outbox: _Outbox, task: asyncio.Task) -> None:
+    if task.cancelled() or outbox.loop is None or outbox.loop.is_closed():
+        return  # the loop is shutting down
+    log.error("the outbox stopped (%r); starting it again", task.exception())
+    _drain_start(outbox)
 
 
 def _sender_start() -> None:
@@ -166,13 +189,14 @@ def _sender_start() -> None:
         asyncio.set_event_loop(loop)
         _sender.loop, _sender.pending = loop, {}
         _sender.wake = asyncio.Event()
-        _sender.task = loop.create_task(_drain_forever(_sender))
-        started.set()
+        _drain_start(_sender)
+        loop.call_soon(started.set)  # once the loop runs, so it takes changes
         loop.run_forever()
 
     _sender.thread = threading.Thread(target=run, name="canvas-publish", daemon=True)
     _sender.thread.start()
-    started.wait()
+    if not started.wait(timeout=5):
+        raise RuntimeError("the outbox's sender thread did not start")
 
 
 async def _drain_forever(outbox: _Outbox) -> None:
@@ -192,7 +216,12 @@ async def _drain_forever(outbox: _Outbox) -> None:
             try:
                 message = {"type": MSG_PIXELS, "updates": updates, "sent_at": now}
                 await asyncio.wait_for(_send(canvas_id, message), LAYER_TIMEOUT)
-            except Exception as error:
+            except (Exception, asyncio.CancelledError) as error:
+                task = asyncio.current_task()
+                if isinstance(error, asyncio.CancelledError) and (
+                    task is None or task.cancelling()
+                ):
+                    raise  # this task is being cancelled, not the send
                 if isinstance(error, TimeoutError):
                     layer_error_count()  # _send counts the others
                 log.warning(
@@ -203,9 +232,7 @@ async def _drain_forever(outbox: _Outbox) -> None:
 def _deliver_local(outbox: _Outbox, canvas_id: int, updates: list, now: float) -> None:
     """This process's own commits to its hub, on the hub's loop."""
     if outbox.server_loop is outbox.loop:
-        deliver = local_hubs.get(canvas_id)
-        if deliver is not None:
-            deliver(updates, now)
+        _deliver_here(canvas_id, updates, now)
         return
     server_loop = outbox.server_loop
     if server_loop is None:
@@ -218,5 +245,9 @@ def _deliver_local(outbox: _Outbox, canvas_id: int, updates: list, now: float) -
 
 def _deliver_here(canvas_id: int, updates: list, now: float) -> None:
     deliver = local_hubs.get(canvas_id)
-    if deliver is not None:
+    if deliver is None:
+        return
+    try:
         deliver(updates, now)
+    except Exception:  # the hub refills from the database; the send goes on
+        log.exception("the hub of canvas %s failed to take changes", canvas_id)

@@ -71,15 +71,20 @@ async def test_an_idle_outbox_sends_nothing(fresh_layer):
 
 
 @pytest.fixture
-def redis_layer(settings):
+def redis_layer(settings, monkeypatch):
     """The production layer: channels-redis's pub/sub on the test Redis."""
     svc.require_redis()
+    # Pub/sub ignores the database number: the prefix keeps suites apart.
+    prefix = f"test-outbox-db{svc.REDIS_DB}"
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [svc.REDIS_URL], "prefix": "test-outbox"},
+            "CONFIG": {"hosts": [svc.REDIS_URL], "prefix": prefix},
         }
     }
+    # Later tests (in-memory layer) get an outbox of their own, not the
+    # sender thread's, which stays running for the rest of the session.
+    monkeypatch.setattr(broadcast, "_outbox", broadcast._Outbox())
     yield get_channel_layer()
     broadcast.local_hubs.clear()
 
@@ -106,7 +111,58 @@ async def test_on_redis_a_commit_goes_out_while_the_servers_loop_is_busy(
 
     message = await asyncio.wait_for(redis_layer.receive(channel), 2)
     assert message["updates"] == [[1, 0, 0, 3]]
-    assert message["sent_at"] < busy_until - 0.3  # sent during the busy spell
+    # Stamped as the send began, so: sent during the busy spell, not after.
+    assert message["sent_at"] < busy_until - 0.3
     # This process's own hub got it too, on its loop's thread, once only.
     await asyncio.sleep(0.05)
     assert here == [([[1, 0, 0, 3]], threading.current_thread().name)]
+
+
+async def test_after_the_hubs_loop_closes_changes_are_sent_at_once(redis_layer):
+    """A sender thread left from a loop that has gone (tests start one per
+    test) does not take changes for it: they go out from the caller."""
+    broadcast.outbox_start()
+    assert broadcast._outbox.running_loop() is not None
+    broadcast._sender.server_loop = asyncio.new_event_loop()
+    broadcast._sender.server_loop.close()
+    assert broadcast._outbox.running_loop() is None
+
+
+async def test_a_failing_hub_does_not_stop_the_send(monkeypatch):
+    sent: list[list] = []
+
+    async def recording_send(canvas_id: int, message: dict) -> None:
+        sent.append(message["updates"])
+
+    def broken_hub(updates: list, sent_at: float) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(broadcast, "_send", recording_send)
+    monkeypatch.setitem(broadcast.local_hubs, 80, broken_hub)
+    broadcast.outbox_start()
+    broadcast.publish(canvas_id=80, updates=[[1, 0, 0, 3]])
+    await asyncio.sleep(0.05)
+    assert sent == [[[1, 0, 0, 3]]]
+
+
+async def test_the_outbox_starts_again_after_an_error(monkeypatch):
+    """A failure the outbox did not expect is logged and the outbox starts
+    again: later changes still go out."""
+    sent: list[list] = []
+    real_deliver = broadcast._deliver_local
+
+    async def recording_send(canvas_id: int, message: dict) -> None:
+        sent.append(message["updates"])
+
+    def deliver_once_broken(*args) -> None:
+        monkeypatch.setattr(broadcast, "_deliver_local", real_deliver)
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(broadcast, "_send", recording_send)
+    monkeypatch.setattr(broadcast, "_deliver_local", deliver_once_broken)
+    broadcast.outbox_start()
+    broadcast.publish(canvas_id=80, updates=[[1, 0, 0, 3]])
+    await asyncio.sleep(0.05)
+    broadcast.publish(canvas_id=80, updates=[[2, 1, 0, 3]])
+    await asyncio.sleep(0.05)
+    assert sent == [[[2, 1, 0, 3]]]
