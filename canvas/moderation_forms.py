@@ -16,6 +16,7 @@ from .moderation import (
     ModerationError,
     Scope,
     region_check,
+    region_message,
     until_lookup,
 )
 from .moderation_selectors import PlayerLookupError, players_resolve
@@ -142,6 +143,7 @@ class ScopeForm(forms.Form):
         ]
         if given and len(given) < len(REGION_FIELDS):
             raise forms.ValidationError(MSG_REGION_PARTIAL)
+        _bounds_named(self, data.get("canvas"))
         return data
 
     def scope(self) -> Scope:
@@ -154,6 +156,15 @@ class ScopeForm(forms.Form):
             until=data.get("until"),
             region=corners if None not in corners else None,
         )
+
+
+def _bounds_named(form: forms.Form, canvas: Canvas | None) -> None:
+    """Beside a bound that is not a number ("Enter a whole number."), say
+    which numbers this canvas takes, as a bound outside it is told."""
+    if canvas is not None and any(
+        form.has_error(name, code="invalid") for name in REGION_FIELDS
+    ):
+        form.add_error(None, region_message(canvas=canvas))
 
 
 def _utc(moment):
@@ -259,12 +270,13 @@ class RegionForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
-        corners = [data.get(name) for name in ("x0", "y0", "x1", "y1")]
+        corners = [data.get(name) for name in REGION_FIELDS]
         if None not in corners:
             try:
                 region_check(canvas=self.canvas, region=tuple(corners))
             except ModerationError as error:
                 raise forms.ValidationError(str(error)) from None
+        _bounds_named(self, self.canvas)
         return data
 
     def region(self) -> tuple[int, int, int, int]:

@@ -358,6 +358,23 @@ def test_a_region_picture_outside_the_canvas_is_refused_like_a_rollback(
     assert "x must be 0–31 and y 0–15 on canvas test (32×16)" in page.content.decode()
 
 
+def test_a_bound_that_is_not_a_number_is_told_the_canvas_bounds(
+    moderator, client, griefed
+):
+    canvas, _, _ = griefed
+    bounds = "x must be 0–31 and y 0–15 on canvas test (32×16)."
+    url = reverse("admin:canvas_canvas_region_png", args=[canvas.pk])
+    response = client.get(url, {"x0": "left", "y0": 0, "x1": 1, "y1": 1})
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "Enter a whole number." in text and bounds in text
+    rollback = reverse("admin:canvas_moderationaction_rollback")
+    scope = {"canvas": canvas.pk, "x0": 0, "y0": 0, "x1": "3.5", "y1": 1}
+    page = client.get(rollback, scope).content.decode()
+    assert "Enter a whole number." in page and bounds in page
+    assert "would roll back" not in page  # no preview of a scope that was refused
+
+
 def test_a_rollback_that_would_mark_nothing_is_not_offered_nor_applied(
     moderator, client, griefed
 ):
