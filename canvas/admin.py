@@ -94,18 +94,20 @@ def _png_data_uri(png: bytes) -> str:
 
 
 def _placements(count: int) -> str:
-    """A count as a moderator reads it: 1 placement, 2 placements.
+    """A count as a moderator reads it: 1 placement, 2 placements, 12,345 placements.
 
     Admin only: `manage.py rollback` prints the contract's fixed line instead.
     """
-    return ngettext("%(count)d placement", "%(count)d placements", count) % {
-        "count": count
+    return ngettext("%(count)s placement", "%(count)s placements", count) % {
+        "count": f"{count:,}"
     }
 
 
 def _pixels(count: int) -> str:
-    """A count as a moderator reads it: 1 pixel, 2 pixels."""
-    return ngettext("%(count)d pixel", "%(count)d pixels", count) % {"count": count}
+    """A count as a moderator reads it: 1 pixel, 2 pixels, 12,345 pixels."""
+    return ngettext("%(count)s pixel", "%(count)s pixels", count) % {
+        "count": f"{count:,}"
+    }
 
 
 def _held(held: dict[int, int]) -> str:

@@ -693,8 +693,12 @@ def test_selecting_thousands_of_placements_previews_and_rolls_them_back(
     applied = client.post(
         response.url, {"reason": "raid", **apply_form(preview)}, follow=True
     )
+    # Counts as a moderator reads them (the command's line is the contract's).
     assert (
-        "3000 placements rolled back, 3000 pixels changed" in applied.content.decode()
+        "would roll back <strong>3,000</strong> placements" in preview.content.decode()
+    )
+    assert (
+        "3,000 placements rolled back, 3,000 pixels changed" in applied.content.decode()
     )
     assert Placement.objects.filter(rolled_back=True).count() == 3000
 
