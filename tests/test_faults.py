@@ -225,19 +225,29 @@ def test_a_restarted_server_drops_its_killed_predecessors_rows_at_start(tmp_path
         stack.stop()
 
 
-def test_database_unreachable_gives_unavailable_then_recovers(tmp_path):
+@contextlib.contextmanager
+def behind_a_proxy(tmp_path, env: dict | None = None):
+    """One server on PostgreSQL reached through a TcpProxy, with canvas `f`
+    (40×40, no cooldown): yields the proxy, the server and a player's cookie."""
     from . import services_available as svc
 
     svc.require_postgres()
     proxy = TcpProxy(svc.POSTGRES_PORT, svc.POSTGRES_HOST)
     proxy.start()
-    stack = make_stack(tmp_path, database="postgres", postgres_port=proxy.port)
+    stack = make_stack(tmp_path, database="postgres", postgres_port=proxy.port, env=env)
     try:
         stack.manage(
             "createcanvas", "f", "--width", "40", "--height", "40", "--cooldown", "0"
         )
         server = stack.servers[0]
-        cookie = anonymous_cookie(server.url)
+        yield proxy, server, anonymous_cookie(server.url)
+    finally:
+        stack.stop()
+        proxy.cut()
+
+
+def test_database_unreachable_gives_unavailable_then_recovers(tmp_path):
+    with behind_a_proxy(tmp_path) as (proxy, server, cookie):
 
         async def scenario() -> None:
             async with Player(server.ws, "f", cookie=cookie) as player:
@@ -264,9 +274,6 @@ def test_database_unreachable_gives_unavailable_then_recovers(tmp_path):
         assert (
             board[1 * 40 + 1] == 1 and board[2 * 40 + 2] == 0 and board[3 * 40 + 3] == 3
         )
-    finally:
-        stack.stop()
-        proxy.cut()
 
 
 def test_a_database_host_that_vanishes_is_answered_in_seconds(tmp_path):
@@ -274,25 +281,10 @@ def test_a_database_host_that_vanishes_is_answered_in_seconds(tmp_path):
     in flight fail after the connection's TCP timeout (10 s), the players
     hear `unavailable` instead of waiting for the kernel's ~15 minutes, and
     play resumes when the host is back."""
-    from . import services_available as svc
-
-    svc.require_postgres()
     require_iptables()
-    proxy = TcpProxy(svc.POSTGRES_PORT, svc.POSTGRES_HOST)
-    proxy.start()
     # The writer keeps its connection between placements, as under load.
-    stack = make_stack(
-        tmp_path,
-        database="postgres",
-        postgres_port=proxy.port,
-        env={"PLACE_INGEST_IDLE_CLOSE": "60"},
-    )
-    try:
-        stack.manage(
-            "createcanvas", "f", "--width", "40", "--height", "40", "--cooldown", "0"
-        )
-        server = stack.servers[0]
-        cookie = anonymous_cookie(server.url)
+    idle = {"PLACE_INGEST_IDLE_CLOSE": "60"}
+    with behind_a_proxy(tmp_path, env=idle) as (proxy, server, cookie):
 
         async def scenario() -> float:
             async with Player(server.ws, "f", cookie=cookie) as player:
@@ -316,9 +308,6 @@ def test_a_database_host_that_vanishes_is_answered_in_seconds(tmp_path):
         assert server.process.poll() is None
         board = board_bytes(server)
         assert board[1 * 40 + 1] == 1 and board[3 * 40 + 3] == 3
-    finally:
-        stack.stop()
-        proxy.cut()
 
 
 def test_a_connection_cut_between_batches_costs_no_placement(tmp_path):
