@@ -157,3 +157,35 @@ def database_threads_finish(django_db_setup):
 
     presence.shutdown()
     db.connections.close_all()
+    _pooled_connections_returned(db.connections["default"])
+
+
+def _pooled_connections_returned(connection, wait: float = 5.0) -> None:
+    """Wait for threads to give back their pooled connections, and say which
+    threads were alive if some never came back: PostgreSQL will not drop the
+    test database while a session is open on it ("being accessed by other
+    users"), and the warning alone does not say whose session it was."""
+    import threading
+    import time
+    import warnings
+
+    if connection.vendor != "postgresql" or not connection.settings_dict["OPTIONS"].get(
+        "pool"
+    ):
+        return
+    pool = connection.pool
+    deadline = time.monotonic() + wait
+    while (out := _checked_out(pool)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if out:
+        names = sorted(thread.name for thread in threading.enumerate())
+        warnings.warn(
+            f"{out} pooled connection(s) still checked out at the end of the"
+            f" session; threads alive: {', '.join(names)}",
+            stacklevel=1,
+        )
+
+
+def _checked_out(pool) -> int:
+    stats = pool.get_stats()
+    return stats["pool_size"] - stats["pool_available"]
