@@ -151,12 +151,19 @@ def database_threads_finish(django_db_setup):
     """The threads that write sockets' rows hand their pooled connections
     back before the test database is dropped."""
     yield
+    from asgiref.sync import SyncToAsync
     from django import db
 
     from canvas import presence
 
     presence.shutdown()
     db.connections.close_all()
+    # channels' test communicators swap `close_old_connections` for a no-op
+    # while they send or receive (channels/testing/application.py), and the
+    # patch is process-wide: a database_sync_to_async call that ran meanwhile
+    # left its connection checked out on asgiref's thread. daphne has no such
+    # patch, so this is the tests' own leak; give it back here.
+    SyncToAsync.single_thread_executor.submit(db.connections.close_all).result()
     _pooled_connections_returned(db.connections["default"])
 
 
@@ -181,9 +188,47 @@ def _pooled_connections_returned(connection, wait: float = 5.0) -> None:
         names = sorted(thread.name for thread in threading.enumerate())
         warnings.warn(
             f"{out} pooled connection(s) still checked out at the end of the"
-            f" session; threads alive: {', '.join(names)}",
+            f" session; threads alive: {', '.join(names)}; open connections"
+            f" (thread, in atomic, backend pid): {_open_wrappers()}; the"
+            f" database's other sessions: {_other_sessions(connection)}",
             stacklevel=1,
         )
+
+
+def _open_wrappers() -> list[tuple]:
+    """Every Django connection object still holding a database connection,
+    by the thread it belongs to ("gone" if that thread has ended)."""
+    import gc
+    import threading
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return [
+        (
+            names.get(wrapper._thread_ident, "gone"),
+            wrapper.in_atomic_block,
+            wrapper.connection.info.backend_pid,
+        )
+        for wrapper in gc.get_objects()
+        if isinstance(wrapper, BaseDatabaseWrapper) and wrapper.connection is not None
+    ]
+
+
+def _other_sessions(connection) -> list[tuple]:
+    """The test database's other sessions as PostgreSQL sees them: state, when
+    it last changed and the last statement, which names the code that ran it."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as own:
+        return own.execute(
+            "SELECT pid, state, now() - state_change, left(query, 300)"
+            " FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
 
 
 def _checked_out(pool) -> int:
