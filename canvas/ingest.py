@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg_pool import PoolTimeout
 
-from . import broadcast, metrics, services
+from . import broadcast, metrics, services, writer_turn
 from . import exceptions as exc
 from .models import Canvas, Cooldown, Placement, Player
 from .sql import slices, sql_in
@@ -73,7 +73,7 @@ def placements_commit(
     by_canvas: dict[int, list[int]] = {}
     for index, request in enumerate(requests):
         by_canvas.setdefault(request.canvas_id, []).append(index)
-    with transaction.atomic():
+    with writer_turn.taken(), transaction.atomic():
         progress["connection"] = connection.connection
         progress["now"] = stamps = {}
         # Canvases locked in id order: two processes' batches that both span
