@@ -71,4 +71,3 @@ def test_a_batch_waits_for_another_processs_writer_then_commits(make_canvas):
     (outcome,) = outcomes
     assert isinstance(outcome, services.PlacementResult)
     assert list(Placement.objects.values_list("x", "y", "color")) == [(1, 2, 3)]
-
