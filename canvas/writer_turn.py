@@ -12,11 +12,14 @@ writers wait on each other's row locks and are woken directly.
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Iterator
 
 from django.db import connection
+
+log = logging.getLogger("canvas.ingest")
 
 # One descriptor per database file per process. flock is per open file, so
 # threads of one process share it under a lock of their own.
@@ -32,11 +35,23 @@ def lock_path(database: str) -> str | None:
     return f"{database}-writer.lock"
 
 
-def _descriptor(path: str) -> int:
+def _descriptor(path: str) -> int | None:
+    """The lock file's descriptor, or None if it cannot be opened: then SQLite's
+    busy handler alone keeps writers apart (correct, only slower to hand over),
+    which beats refusing every placement over a lock file."""
     with _guard:
         if path not in _files:
-            _files[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        return _files[path]
+            try:
+                # Read-only is enough for flock; 0o644 lets workers running as
+                # other users of the same database share it.
+                _files[path] = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            except OSError as error:
+                log.warning(
+                    "writers' lock file %s unusable (%s): not used", path, error
+                )
+                _files[path] = -1
+        fd = _files[path]
+        return None if fd < 0 else fd
 
 
 @contextlib.contextmanager
@@ -50,6 +65,9 @@ def taken() -> Iterator[None]:
         yield
         return
     fd = _descriptor(path)
+    if fd is None:
+        yield
+        return
     with _local:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

@@ -71,3 +71,32 @@ def test_a_batch_waits_for_another_processs_writer_then_commits(make_canvas):
     (outcome,) = outcomes
     assert isinstance(outcome, services.PlacementResult)
     assert list(Placement.objects.values_list("x", "y", "color")) == [(1, 2, 3)]
+
+
+def test_an_unusable_lock_file_leaves_batches_to_sqlites_own_lock(
+    make_canvas, tmp_path, caplog
+):
+    """A lock file that cannot be created (a read-only directory, say) costs
+    only the quick hand-over: the batch still commits, and the log says why."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's writers only (the first pass)")
+    canvas = make_canvas(slug="turns", cooldown=0)
+    player = Player.objects.create(name="unlocked").pk
+    missing = tmp_path / "no-such-dir" / "db.sqlite3"
+    real_path = writer_turn.lock_path
+
+    def lock_path(database: str) -> str | None:
+        return real_path(str(missing))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writer_turn, "lock_path", lock_path)
+        # canvas.* loggers do not propagate to the root, where caplog listens.
+        patch.setattr(
+            writer_turn.log, "handlers", [*writer_turn.log.handlers, caplog.handler]
+        )
+        (outcome,) = ingest.placements_commit(
+            [ingest.PlaceRequest(canvas.pk, player, 7, 8, 9)]
+        )
+    assert isinstance(outcome, services.PlacementResult)
+    assert "unusable" in caplog.text and "no-such-dir" in caplog.text
+    assert list(Placement.objects.values_list("x", "y", "color")) == [(7, 8, 9)]
